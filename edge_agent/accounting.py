@@ -1,0 +1,213 @@
+"""Turn stored samples, order timelines and configuration into attribution inputs (pure glue).
+
+The engine loads; this module converts units, picks the right points and calls the pure core.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.attribution.allocation import allocate
+from edge_agent.attribution.model import (
+    Flag,
+    Interval,
+    MeterSeries,
+    OrderSpan,
+    Reading,
+    StateChange,
+)
+from edge_agent.attribution.records import (
+    Factor,
+    OrderFacts,
+    Record,
+    build_lot_record,
+    build_order_record,
+)
+from edge_agent.attribution.series import float32_step
+from edge_agent.attribution.states import derive_states
+from edge_agent.config import AgentConfig, EquipmentConfig, attributed_point_name
+from edge_agent.config.models import (
+    ENERGY_UNITS_TO_KWH,
+    POWER_UNITS_TO_KW,
+    DerivedState,
+    ModbusPoint,
+    OpcUaMeter,
+    PointBase,
+    StateSource,
+)
+from edge_agent.domain import PointRole, Sample
+from edge_agent.mes.timeline import OrderTimeline
+
+# Readings further apart than this many poll intervals are a communication gap.
+GAP_INTERVALS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInputs:
+    config: AgentConfig
+    equipment: EquipmentConfig
+    timeline: OrderTimeline
+    others: tuple[OrderTimeline, ...]  # orders overlapping it on the same equipment
+    readings: Mapping[tuple[str, str], Sequence[Sample]]  # (meter, point) -> samples
+    state_samples: tuple[Sample, ...]
+
+
+def factors(config: AgentConfig) -> dict[str, Factor]:
+    return {
+        carrier: Factor(carrier, f.value, f.unit, f.source, f.version, f.primary)
+        for carrier, f in config.emission_factors.items()
+    }
+
+
+def _to_carrier_unit(point: PointBase) -> float:
+    if point.role is PointRole.POWER:
+        return POWER_UNITS_TO_KW[point.unit]
+    return ENERGY_UNITS_TO_KWH.get(point.unit, 1.0)
+
+
+def meter_series(
+    config: AgentConfig,
+    equipment: EquipmentConfig,
+    meter_id: str,
+    point_name: str,
+    samples: Sequence[Sample],
+) -> MeterSeries:
+    meter = config.meter(meter_id)
+    point = meter.points[point_name]
+    factor = _to_carrier_unit(point)
+    modulus = (
+        point.effective_counter_modulus if isinstance(point, ModbusPoint) else point.counter_modulus
+    )
+    interval_s = meter.interval_s
+    if isinstance(meter, OpcUaMeter):
+        endpoint = next((e for e in config.opcua_endpoints if e.id == meter.endpoint), None)
+        interval_s = endpoint.interval_s if endpoint else interval_s
+    is_counter = point.role is PointRole.ENERGY
+    unit = "kWh" if point.unit in ENERGY_UNITS_TO_KWH or not is_counter else point.unit
+    resolution = 0.0
+    if is_counter and isinstance(point, ModbusPoint):
+        # The register's step in the carrier unit: float32 counters lose resolution as they
+        # grow (DESIGN §9: ~1 Wh near 10,000 kWh); integer ones step by their scale.
+        largest = max((abs(s.value) for s in samples if s.value is not None), default=0.0)
+        resolution = (
+            float32_step(largest) * factor
+            if point.type == "float32"
+            else abs(point.scale) * factor
+            if not point.type.startswith("float")
+            else 0.0
+        )
+    return MeterSeries(
+        meter_id=meter_id,
+        point=point_name,
+        method="counter" if is_counter else "power",
+        readings=tuple(Reading(s.ts_ns, s.value * factor) for s in samples if s.value is not None),
+        unit=unit,
+        max_power_kw=equipment.max_power_kw,
+        gap_s=GAP_INTERVALS * interval_s + meter.timeout_s,
+        modulus=modulus * factor if modulus is not None else None,
+        resolution=resolution,
+    )
+
+
+def state_changes(inputs: OrderInputs) -> list[StateChange]:
+    state = inputs.equipment.state
+    if isinstance(state, StateSource):
+        changes: list[StateChange] = []
+        for sample in inputs.state_samples:
+            if sample.state is not None and (not changes or changes[-1].state != sample.state):
+                changes.append(StateChange(sample.ts_ns, sample.state))
+        return changes
+    if isinstance(state, DerivedState):
+        meter = inputs.config.meter(state.meter)
+        point_name = state.point or attributed_point_name(meter.points, None)
+        point = meter.points[point_name]
+        if point.role is PointRole.POWER:
+            to_kw = POWER_UNITS_TO_KW[point.unit]
+            power = [
+                Reading(s.ts_ns, s.value * to_kw)
+                for s in inputs.state_samples
+                if s.value is not None
+            ]
+        else:
+            power = _power_from_counter(inputs.state_samples, _to_carrier_unit(point))
+        return derive_states(
+            power,
+            state.idle_above_kw,
+            state.running_above_kw,
+            state.hysteresis_kw,
+            state.min_dwell_s,
+        )
+    return []
+
+
+def _power_from_counter(samples: Sequence[Sample], to_kwh: float) -> list[Reading]:
+    """Average power between consecutive counter readings, dated at the interval's start."""
+    good = [s for s in samples if s.value is not None]
+    out = []
+    for first, second in itertools.pairwise(good):
+        hours = (second.ts_ns - first.ts_ns) / 3.6e12
+        if hours > 0 and first.value is not None and second.value is not None:
+            out.append(
+                Reading(first.ts_ns, max(0.0, (second.value - first.value) * to_kwh / hours))
+            )
+    return out
+
+
+def _span(timeline: OrderTimeline) -> OrderSpan:
+    return OrderSpan(
+        timeline.order_id,
+        tuple(Interval(a, b) for a, b in timeline.occupied),
+        timeline.quantity_good,
+    )
+
+
+def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -> Record:
+    timeline, equipment, config = inputs.timeline, inputs.equipment, inputs.config
+    end_ns = timeline.stop_ns if timeline.stop_ns is not None else timeline.occupied[-1][1]
+    window = Interval(timeline.start_ns, end_ns)
+    spans = [_span(timeline), *(_span(other) for other in inputs.others)]
+    states = state_changes(inputs)
+    allocations = []
+    for (meter_id, point_name), samples in inputs.readings.items():
+        series = meter_series(config, equipment, meter_id, point_name, samples)
+        allocations.append(allocate(series, spans, window, equipment.overlap_split, states))
+    extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
+    if final_by_timeout:
+        extra.append(
+            Flag(
+                "final_by_timeout",
+                f"no reading at or after the stop within {equipment.final_timeout_s:g} s: tail estimated",
+            )
+        )
+    facts = OrderFacts(
+        site_id=config.site.id,
+        line_id=equipment.line,
+        lot_id=timeline.lot_id,
+        order_id=timeline.order_id,
+        equipment_id=equipment.id,
+        product_id=timeline.product_id,
+        start_ns=timeline.start_ns,
+        end_ns=end_ns,
+        quantity_good=timeline.quantity_good,
+        quantity_scrap=timeline.quantity_scrap,
+        unit=timeline.unit,
+    )
+    return build_order_record(
+        facts, allocations, factors(config), equipment.carrier, revision=revision, extra_flags=extra
+    )
+
+
+def build_lot(
+    config: AgentConfig,
+    lot_id: str,
+    order_records: Sequence[Mapping[str, Any]],
+    *,
+    quantity_good: float | None,
+    revision: int,
+) -> Record:
+    return build_lot_record(
+        config.site.id, lot_id, order_records, quantity_good=quantity_good, revision=revision
+    )

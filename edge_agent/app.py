@@ -1,0 +1,172 @@
+"""Composition root: build everything from the configuration, run it, stop it cleanly.
+
+Start-up order matters: the store opens (and migrates) first, the engine resumes open orders,
+the publisher starts draining unsent records, sources start polling, and only then does the MES
+intake subscribe — so an event is never accepted before the agent can read meters and commit.
+Shutdown runs the other way round and flushes buffered samples before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+from edge_agent.batching import SampleBatcher
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.config import AgentConfig
+from edge_agent.domain import NS_PER_S, Sample
+from edge_agent.engine import OrderEngine
+from edge_agent.mes.intake import MesIntake
+from edge_agent.publish.drainer import OutboxPublisher
+from edge_agent.sources.base import Source, build_sources
+from edge_agent.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+_HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+class Agent:
+    """The running agent. ``async with Agent(config) as agent: await agent.wait()``."""
+
+    def __init__(self, config: AgentConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.sources: list[Source] = build_sources(config, self.clock)
+        self._source_by_meter = {m: s for s in self.sources for m in s.meter_ids}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self.store: Store | None = None
+        self.engine: OrderEngine | None = None
+        self.batcher: SampleBatcher | None = None
+        self.publisher: OutboxPublisher | None = None
+        self.intake: MesIntake | None = None
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = store = await open_store(config.store.path, clock=self.clock)
+        self.batcher = SampleBatcher(
+            store.write_samples,
+            max_batch=config.store.batch_max_samples,
+            max_delay_s=config.store.batch_max_delay_s,
+            after_write=self._after_samples_written,
+        )
+        self.publisher = OutboxPublisher(config, store, clock=self.clock)
+        self.engine = OrderEngine(config, store, self.clock, self.read_now, self.publisher.notify)
+        await self.engine.resume()
+        self._spawn(self.engine.run_finaliser(), "finaliser")
+        await self.publisher.start()
+        self._spawn(self.batcher.run(), "sample-writer")
+        for source in self.sources:
+            self._spawn(source.run(self.batcher.put), f"source {source.key}")
+        self._spawn(self._housekeeping(), "housekeeping")
+        self.intake = MesIntake(config, self.engine.handle_event, on_rejected=store.count_rejected)
+        await self.intake.start()
+        log.info(
+            "edge-agent running: site %s, %d meters on %d connections, %d equipment",
+            config.site.id,
+            len(config.meters),
+            len(self.sources),
+            len(config.equipment),
+        )
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # A background task must never die silently: stop the agent so systemd restarts it.
+            log.error("task %s failed: %r; stopping", task.get_name(), error, exc_info=error)
+            self._stopped.set()
+
+    async def read_now(self, meter_ids: Sequence[str]) -> list[Sample]:
+        """Read the given meters at once (read-on-event), one request batch per connection."""
+        by_source: dict[str, list[str]] = {}
+        for meter_id in meter_ids:
+            source = self._source_by_meter.get(meter_id)
+            if source is not None:
+                by_source.setdefault(source.key, []).append(meter_id)
+        sources = {source.key: source for source in self.sources}
+        results = await asyncio.gather(
+            *(sources[key].read_now(ids) for key, ids in by_source.items())
+        )
+        return [sample for batch in results for sample in batch]
+
+    async def _after_samples_written(self, _: Sequence[Sample]) -> None:
+        if self.engine is not None and any(self.engine.pending):
+            self.engine.request_finalise()
+
+    async def _housekeeping(self) -> None:
+        """Order timeouts, sample retention and the disk budget."""
+        assert self.store is not None
+        assert self.engine is not None
+        retention_ns = int(self.config.store.retention_days * 86400 * NS_PER_S)
+        budget_bytes = int(self.config.store.outbox_budget_mb * 1024 * 1024)
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            if any(self.engine.pending):
+                self.engine.request_finalise()  # orders whose timeout passed
+            if tick % int(_HOUSEKEEPING_INTERVAL_S) == 0:
+                pruned = await self.store.prune_samples(self.clock.now_ns() - retention_ns)
+                if pruned:
+                    log.info(
+                        "pruned %d samples older than %g days",
+                        pruned,
+                        self.config.store.retention_days,
+                    )
+                await self.store.enforce_budget(budget_bytes)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def stop(self) -> None:
+        if self.intake is not None:
+            await self.intake.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.close()
+        if self.batcher is not None:
+            await self.batcher.flush()
+        if self.engine is not None:
+            await self.engine.finalise_ready()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.store is not None:
+            await self.store.close()
+        log.info("edge-agent stopped")
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """`edge-agent run`: until SIGTERM or SIGINT."""
+    agent = Agent(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.request_stop)
+    async with agent:
+        await agent.wait()
+    return 0

@@ -1,0 +1,115 @@
+"""Typed values of the pure attribution core. Time is int epoch nanoseconds (UTC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+NS_PER_S = 1_000_000_000
+NS_PER_HOUR = 3_600 * NS_PER_S
+
+Method = Literal["counter", "power"]
+SplitRule = Literal["equal", "quantity"]
+
+ELECTRICITY = "electricity"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A good reading: cumulative counter value in the carrier unit, or power in kW."""
+
+    t_ns: int
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An estimation, correction, allocation or clock event worth telling the consumer."""
+
+    code: str
+    detail: str
+    t_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSeries:
+    meter_id: str
+    point: str
+    method: Method
+    readings: tuple[Reading, ...]  # sorted by time
+    unit: str  # carrier unit of the energy (kWh, m3); power readings are kW and integrate to kWh
+    max_power_kw: float  # implied power above this (with a margin) is a spike
+    gap_s: float  # readings further apart than this are a communication gap
+    modulus: float | None = None  # counter rollover modulus, in ``unit``
+    # Smallest step of the register in ``unit`` (0.01 kWh for a 0.01-scaled integer; for a
+    # float32 counter its step at the current total, see series.float32_step). 0 = unknown.
+    resolution: float = 0.0
+    carrier: str | None = None  # energy carrier when it differs from the equipment's
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSpan:
+    """The time one order occupied the equipment, as the allocation needs it."""
+
+    order_id: str
+    intervals: tuple[Interval, ...]  # occupied time, pauses removed
+    quantity_good: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    t_ns: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    """An emission factor: kg CO2e per carrier unit, with its provenance."""
+
+    carrier: str
+    value: float
+    unit: str  # e.g. "kgCO2e/kWh"
+    source: str
+    version: str
+    primary: bool  # supplier- or contract-specific (PACT primary); a grid average is not
+
+
+@dataclass(frozen=True, slots=True)
+class StateShare:
+    energy: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Energy given to one order (or to idle) from one meter."""
+
+    energy: float
+    measured: float
+    by_state: dict[str, StateShare] = field(default_factory=dict)
+    flags: tuple[Flag, ...] = ()  # allocation events that concern this share only
+
+
+@dataclass(frozen=True, slots=True)
+class MeterAllocation:
+    meter_id: str
+    point: str
+    method: Method
+    unit: str
+    window: Interval
+    total: float  # metered energy in the window: C(end) - C(start)
+    measured: float
+    coverage: float  # share of the window backed by readings (no gap, no extrapolation)
+    orders: dict[str, Share]
+    idle: Share
+    first_reading: Reading | None  # the readings that bound the window (audit trail)
+    last_reading: Reading | None
+    sample_count: int  # readings inside the window
+    flags: tuple[Flag, ...]  # meter-level: corrections, gaps, extrapolation inside the window
+    carrier: str | None = None

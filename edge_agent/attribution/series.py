@@ -1,0 +1,358 @@
+"""A meter's readings as a cumulative energy function C(t) (pure).
+
+Counters are cleaned first — rollovers unwrapped, resets and spikes detected — so that C is
+monotonic; power-only meters are integrated (trapezoid of piecewise-linear power). Every energy
+in the core is then C(b) − C(a), which telescopes: cutting a window anywhere changes no total,
+and orders + idle always add up to the metered energy.
+
+Outside the readings (before the first, after the last) C is extrapolated and the energy there
+is an estimate, never measured: a counter continues with its nearest segment's average power,
+a power meter holds its nearest power reading.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from dataclasses import dataclass
+
+from edge_agent.attribution.model import NS_PER_HOUR, Flag, MeterSeries, Reading
+
+# A reading whose implied power exceeds the equipment's maximum by this factor is a spike.
+SPIKE_MARGIN = 1.5
+# Implausible readings that agree with each other this many times in a row are a new baseline.
+REBASE_AFTER = 3
+# Counters that step back by less than this (relative) are float noise, not a reset.
+_NOISE = 1e-7
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A flag and the stretch of time it concerns, so a window reports only its own events."""
+
+    flag: Flag
+    start_ns: int
+    end_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cumulative:
+    """C(t) known at ``times``; ``estimated[i]`` marks segment [times[i], times[i+1]].
+
+    ``readings`` are the raw readings that were kept (aligned with ``times``): the audit trail.
+    """
+
+    times: tuple[int, ...]
+    values: tuple[float, ...]
+    estimated: tuple[bool, ...]  # one per segment (len(times) - 1)
+    corrections: tuple[Correction, ...]
+    gap_ns: int
+    powers: tuple[float, ...] = ()  # kW at ``times`` for power series (quadratic segments)
+    readings: tuple[Reading, ...] = ()
+    label: str = ""  # meter.point, for flag details
+
+    @property
+    def flags(self) -> tuple[Flag, ...]:
+        return tuple(correction.flag for correction in self.corrections)
+
+    def at(self, t_ns: int) -> float:
+        """C(t): interpolated inside the readings, extrapolated outside (see module doc)."""
+        times = self.times
+        if not times:
+            return 0.0
+        if t_ns <= times[0]:
+            return self.values[0] - self._edge_rate(first=True) * (times[0] - t_ns)
+        if t_ns >= times[-1]:
+            return self.values[-1] + self._edge_rate(first=False) * (t_ns - times[-1])
+        index = bisect.bisect_right(times, t_ns) - 1
+        return self._segment_value(index, t_ns)
+
+    def _edge_rate(self, *, first: bool) -> float:
+        """Energy per nanosecond used to extrapolate beyond the first or last reading."""
+        if self.powers:
+            return (self.powers[0] if first else self.powers[-1]) / NS_PER_HOUR
+        if len(self.times) < 2:
+            return 0.0
+        i = 0 if first else len(self.times) - 2
+        return (self.values[i + 1] - self.values[i]) / (self.times[i + 1] - self.times[i])
+
+    def _segment_value(self, i: int, t_ns: int) -> float:
+        t0, t1 = self.times[i], self.times[i + 1]
+        c0, c1 = self.values[i], self.values[i + 1]
+        if self.powers:
+            # Exact integral of the linear power between the two readings.
+            p0, p1 = self.powers[i], self.powers[i + 1]
+            dt_h = (t_ns - t0) / NS_PER_HOUR
+            span_h = (t1 - t0) / NS_PER_HOUR
+            slope = (p1 - p0) / span_h
+            return c0 + p0 * dt_h + 0.5 * slope * dt_h * dt_h
+        return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0)
+
+    def measured_part(self, a_ns: int, b_ns: int) -> tuple[float, int]:
+        """(energy of [a, b] that is measured, nanoseconds of [a, b] backed by readings)."""
+        if len(self.times) < 2 or b_ns <= a_ns:
+            return 0.0, 0
+        measured: list[float] = []
+        covered = 0
+        lo = max(a_ns, self.times[0])
+        hi = min(b_ns, self.times[-1])
+        if hi <= lo:
+            return 0.0, 0
+        first = max(bisect.bisect_right(self.times, lo) - 1, 0)
+        for i in range(first, len(self.times) - 1):
+            t0, t1 = self.times[i], self.times[i + 1]
+            if t0 >= hi:
+                break
+            s, e = max(t0, lo), min(t1, hi)
+            if e <= s or self.estimated[i]:
+                continue
+            short = (t1 - t0) <= self.gap_ns
+            # A counter's total across a gap is exact; only a boundary inside a gap is a guess.
+            counter_total = not self.powers and s == t0 and e == t1
+            if short or counter_total:
+                measured.append(self._segment_value(i, e) - self._segment_value(i, s))
+            if short:
+                covered += e - s
+        return math.fsum(measured), covered
+
+    def flags_in(self, a_ns: int, b_ns: int) -> list[Flag]:
+        """Corrections whose stretch overlaps [a, b], plus gap / extrapolation / no-readings."""
+        flags = [c.flag for c in self.corrections if c.start_ns < b_ns and c.end_ns > a_ns]
+        if len(self.times) < 2:
+            flags.append(Flag("no_readings", f"{self.label} has fewer than two readings"))
+            return flags
+        if self.times[0] > a_ns or self.times[-1] < b_ns:
+            flags.append(
+                Flag("extrapolated", f"{self.label} readings do not bracket the window: estimated")
+            )
+        for t0, t1 in itertools.pairwise(self.times):
+            if t1 - t0 > self.gap_ns and t1 > a_ns and t0 < b_ns:
+                flags.append(
+                    Flag("gap", f"{self.label} has no reading for {(t1 - t0) / 1e9:.1f} s", t0)
+                )
+        return flags
+
+
+# The brief's name for a cleaned counter: the same curve type serves counters and power.
+CleanSeries = Cumulative
+
+
+@dataclass(frozen=True, slots=True)
+class EnergySlice:
+    """The energy of one meter over [a, b] with its provenance."""
+
+    energy: float  # C(b) - C(a), in the series' unit
+    measured: float  # the part read from registers (no gap split, no extrapolation, no reset)
+    coverage: float  # 0..1 share of [a, b] backed by valid readings
+    first_reading: Reading | None  # kept reading at or just before a (audit trail)
+    last_reading: Reading | None  # kept reading at or just after b
+    sample_count: int  # kept readings inside [a, b]
+    flags: tuple[Flag, ...]
+
+
+def energy_between(curve: Cumulative, a_ns: int, b_ns: int) -> EnergySlice:
+    measured, covered_ns = curve.measured_part(a_ns, b_ns)
+    span = b_ns - a_ns
+    times = curve.times
+    inside = bisect.bisect_right(times, b_ns) - bisect.bisect_left(times, a_ns)
+    if span > 0:
+        coverage = covered_ns / span
+    else:  # an instant is covered when it lies between two readings
+        coverage = float(len(times) >= 2 and times[0] <= a_ns <= times[-1])
+    return EnergySlice(
+        energy=curve.at(b_ns) - curve.at(a_ns),
+        measured=measured,
+        coverage=coverage,
+        first_reading=_bounding(curve, a_ns, before=True),
+        last_reading=_bounding(curve, b_ns, before=False),
+        sample_count=max(inside, 0),
+        flags=tuple(dedupe(curve.flags_in(a_ns, b_ns))),
+    )
+
+
+def _bounding(curve: Cumulative, t_ns: int, *, before: bool) -> Reading | None:
+    if not curve.readings:
+        return None
+    if before:
+        index = bisect.bisect_right(curve.times, t_ns) - 1
+        return curve.readings[max(index, 0)]
+    index = bisect.bisect_left(curve.times, t_ns)
+    return curve.readings[min(index, len(curve.readings) - 1)]
+
+
+def dedupe(flags: list[Flag]) -> list[Flag]:
+    seen: set[Flag] = set()
+    out = []
+    for flag in flags:
+        if flag not in seen:
+            seen.add(flag)
+            out.append(flag)
+    return out
+
+
+def float32_step(value: float) -> float:
+    """The gap between adjacent float32 numbers at ``value`` (1/1024 kWh near 10,000 kWh)."""
+    if value == 0 or not math.isfinite(value):
+        return 0.0
+    _, exponent = math.frexp(abs(value))
+    return math.ldexp(1.0, exponent - 24)
+
+
+def cumulative(series: MeterSeries) -> Cumulative:
+    if series.method == "power":
+        return integrate_power(series)
+    return clean_counter(series)
+
+
+class _CounterCleaner:
+    """Walks a counter's readings once, keeping the good ones as a monotonic curve."""
+
+    def __init__(self, series: MeterSeries) -> None:
+        self.series = series
+        self.label = f"{series.meter_id}.{series.point}"
+        self.readings = [
+            r for i, r in enumerate(series.readings)
+            if i == 0 or r.t_ns > series.readings[i - 1].t_ns
+        ]  # fmt: skip
+        self.kept: list[Reading] = []
+        self.values: list[float] = []
+        self.estimated: list[bool] = []
+        self.corrections: list[Correction] = []
+
+    def keep(self, reading: Reading, delta: float, *, estimated: bool) -> None:
+        if self.kept:
+            self.values.append(self.values[-1] + delta)
+            self.estimated.append(estimated)
+        else:
+            self.values.append(0.0)
+        self.kept.append(reading)
+
+    def note(self, code: str, detail: str, reading: Reading, start_ns: int) -> None:
+        flag = Flag(code, f"{self.label} {detail}", reading.t_ns)
+        self.corrections.append(Correction(flag, start_ns, reading.t_ns))
+
+    def plausible(self, before: Reading, after: Reading) -> bool:
+        """A step that a real counter could make: forward, within the equipment's power."""
+        delta = after.value - before.value
+        if delta < -_NOISE * max(abs(before.value), 1.0):
+            return False
+        if self.series.unit != "kWh":
+            return True  # max_power_kw says nothing about m3 or other carriers
+        hours = (after.t_ns - before.t_ns) / NS_PER_HOUR
+        limit = self.series.max_power_kw * SPIKE_MARGIN * hours + self.series.resolution
+        return delta <= limit
+
+    def run(self) -> Cumulative:
+        readings = self.readings
+        suspects: list[Reading] = []  # implausible readings that agree with each other
+        for index, reading in enumerate(readings):
+            if not self.kept:
+                self.keep(reading, 0.0, estimated=False)
+                continue
+            last = self.kept[-1]
+            delta = reading.value - last.value
+            if delta < 0 and -delta <= _NOISE * max(abs(last.value), 1.0):
+                self.keep(reading, 0.0, estimated=False)  # float noise of a standing counter
+                suspects.clear()
+                continue
+            modulus = self.series.modulus
+            if delta < 0 and modulus is not None and -delta > modulus / 2:
+                unwrapped = Reading(reading.t_ns, reading.value + modulus)
+                if self.plausible(last, unwrapped):
+                    self.note("counter_rollover", f"wrapped at {modulus:g} {self.series.unit}",
+                              reading, last.t_ns)  # fmt: skip
+                    self.keep(reading, delta + modulus, estimated=False)
+                    suspects.clear()
+                    continue
+            if delta < 0:
+                following = readings[index + 1] if index + 1 < len(readings) else None
+                if following is not None and self.plausible(last, following):
+                    # One low reading between two consistent ones is a glitch, not a reset.
+                    self.note("spike_rejected", f"reading {reading.value:g} below the counter "
+                              f"({last.value:g}) and back after it", reading, last.t_ns)  # fmt: skip
+                    continue
+                # Reset or replacement: the energy since the restart is the new value; what
+                # came before it inside this interval is unknown, so the segment is estimated.
+                self.note("counter_reset", f"went from {last.value:g} to {reading.value:g}",
+                          reading, last.t_ns)  # fmt: skip
+                self.keep(reading, max(reading.value, 0.0), estimated=True)
+                suspects.clear()
+                continue
+            if self.plausible(last, reading):
+                self.keep(reading, delta, estimated=False)
+                suspects.clear()
+                continue
+            if suspects and not self.plausible(suspects[-1], reading):
+                suspects.clear()
+            suspects.append(reading)
+            if len(suspects) < REBASE_AFTER:
+                hours = max((reading.t_ns - last.t_ns) / NS_PER_HOUR, 1e-15)
+                self.note("spike_rejected", f"reading {reading.value:g} implies "
+                          f"{delta / hours:.1f} kW (max {self.series.max_power_kw:g} kW)",
+                          reading, last.t_ns)  # fmt: skip
+                continue
+            # Implausible readings that agree with each other are a new baseline (meter
+            # replaced or preset): no energy across the jump (unknown), then count from there.
+            rejected = {s.t_ns for s in suspects[:-1]}
+            self.corrections = [
+                c for c in self.corrections
+                if not (c.flag.code == "spike_rejected" and c.flag.t_ns in rejected)
+            ]  # fmt: skip
+            self.note("counter_rebased", f"jumped from {last.value:g} to {suspects[0].value:g}",
+                      suspects[0], last.t_ns)  # fmt: skip
+            self.keep(suspects[0], 0.0, estimated=True)
+            for before, after in itertools.pairwise(suspects):
+                self.keep(after, after.value - before.value, estimated=False)
+            suspects.clear()
+        return Cumulative(
+            times=tuple(r.t_ns for r in self.kept),
+            values=tuple(self.values),
+            estimated=tuple(self.estimated),
+            corrections=tuple(self.corrections),
+            gap_ns=int(self.series.gap_s * 1e9),
+            readings=tuple(self.kept),
+            label=self.label,
+        )
+
+
+def clean_counter(series: MeterSeries) -> Cumulative:
+    """Unwrap rollovers, account resets, reject spikes: a monotonic cumulative curve."""
+    return _CounterCleaner(series).run()
+
+
+def integrate_power(series: MeterSeries) -> Cumulative:
+    """Trapezoid integral of piecewise-linear power (kW) into kWh."""
+    label = f"{series.meter_id}.{series.point}"
+    kept: list[Reading] = []
+    values: list[float] = []
+    corrections: list[Correction] = []
+    for reading in series.readings:
+        if kept and reading.t_ns <= kept[-1].t_ns:
+            continue
+        power = reading.value
+        if power < 0 or power > series.max_power_kw * SPIKE_MARGIN:
+            flag = Flag("spike_rejected", f"{label} power {power:g} kW", reading.t_ns)
+            start = kept[-1].t_ns if kept else reading.t_ns
+            corrections.append(Correction(flag, start, reading.t_ns))
+            continue
+        if kept:
+            dt_h = (reading.t_ns - kept[-1].t_ns) / NS_PER_HOUR
+            values.append(values[-1] + 0.5 * (kept[-1].value + power) * dt_h)
+        else:
+            values.append(0.0)
+        kept.append(reading)
+    gap_ns = int(series.gap_s * 1e9)
+    times = tuple(r.t_ns for r in kept)
+    # Power across a gap is a straight line drawn between two readings: an estimate.
+    estimated = tuple((t1 - t0) > gap_ns for t0, t1 in itertools.pairwise(times))
+    return Cumulative(
+        times=times,
+        values=tuple(values),
+        estimated=estimated,
+        corrections=tuple(corrections),
+        gap_ns=gap_ns,
+        powers=tuple(r.value for r in kept),
+        readings=tuple(kept),
+        label=label,
+    )

@@ -1,0 +1,83 @@
+"""Samples from every source flow through one bounded queue into batched store writes.
+
+Sources call :meth:`SampleBatcher.put` from the event loop (it never blocks them). The writer
+commits one transaction per batch — by count or by age, whichever comes first — because one
+commit per sample is hundreds of times slower on SD cards. When the store is failing, samples wait
+in memory up to ``max_pending``; beyond that the *oldest raw samples* are dropped and counted
+(DESIGN §7: raw samples give way before anything else; business records never pass here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+from edge_agent.domain import Sample
+
+log = logging.getLogger(__name__)
+
+
+class SampleBatcher:
+    def __init__(
+        self,
+        write: Callable[[Sequence[Sample]], Awaitable[None]],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_pending: int = 200_000,
+        after_write: Callable[[Sequence[Sample]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._write = write
+        self._after_write = after_write
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._pending: deque[Sample] = deque()
+        self._max_pending = max_pending
+        self._wakeup = asyncio.Event()
+        self.written = 0
+        self.dropped = 0
+        self.failed_writes = 0
+
+    def put(self, samples: Sequence[Sample]) -> None:
+        self._pending.extend(samples)
+        overflow = len(self._pending) - self._max_pending
+        if overflow > 0:
+            for _ in range(overflow):
+                self._pending.popleft()
+            self.dropped += overflow
+            log.warning("sample buffer full: dropped %d oldest raw samples", overflow)
+        if len(self._pending) >= self._max_batch:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Write batches until cancelled; on cancellation, the caller runs :meth:`flush`."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._max_delay_s)
+            self._wakeup.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._pending:
+            batch = [
+                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
+            ]
+            try:
+                await self._write(batch)
+            except Exception:
+                # Keep the batch for the next attempt; the store logs its own failure.
+                self._pending.extendleft(reversed(batch))
+                self.failed_writes += 1
+                log.exception("writing %d samples failed; will retry", len(batch))
+                await asyncio.sleep(min(self._max_delay_s, 1.0))
+                return
+            self.written += len(batch)
+            if self._after_write is not None:
+                await self._after_write(batch)

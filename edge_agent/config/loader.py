@@ -1,0 +1,216 @@
+"""Load and validate a configuration file, reporting every problem with its key path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from edge_agent.config.models import (
+    CARRIER_UNITS,
+    AgentConfig,
+    EquipmentConfig,
+    ModbusRtuMeter,
+    ModbusTcpMeter,
+    OpcUaMeter,
+    PointBase,
+    SecretRef,
+)
+from edge_agent.config.yaml_loading import load_yaml_text
+from edge_agent.domain import PointRole
+from edge_agent.errors import ConfigError
+
+_DISCRIMINATOR_TAGS = {"modbus_tcp", "modbus_rtu", "opcua"}
+# Union members pydantic names in locations when a field accepts several shapes.
+_UNION_TAGS = {"StateSource", "DerivedState", "str", "int", "function-after[_check_id(), str]"}
+
+
+def format_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    previous: int | str | None = None
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif (isinstance(previous, int) and item in _DISCRIMINATOR_TAGS) or item in _UNION_TAGS:
+            pass  # pydantic adds the union member's tag; the user never wrote it
+        else:
+            parts.append(f".{item}" if parts else str(item))
+        previous = item
+    return "".join(parts) or "(top level)"
+
+
+def format_error(error: ErrorDetails) -> str:
+    path = format_path(tuple(error["loc"]))
+    kind = error["type"]
+    if kind == "edge_agent":
+        return f"{path}: {error['msg']}"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (check the spelling; see docs/configuration.md)"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    return f"{path}: {error.get('input')!r} is not valid: {message[0].lower()}{message[1:]}"
+
+
+def parse_config(data: Any, base_dir: Path) -> AgentConfig:
+    """Validate a mapping; raises ConfigError with every problem found."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"(top level): expected a mapping of sections, got {type(data).__name__}"]
+        )
+    profile_dirs = [base_dir / "profiles"]
+    try:
+        config = AgentConfig.model_validate(data, context={"profile_dirs": profile_dirs})
+    except ValidationError as exc:
+        problems = [format_error(error) for error in exc.errors()]
+        raise ConfigError(sorted(set(problems), key=problems.index)) from None
+    config = _resolve_relative_paths(config, base_dir)
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file ({exc.strerror})"]) from exc
+    try:
+        data = load_yaml_text(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse_config(data, path.resolve().parent)
+
+
+def _resolve_relative_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+    store_path = config.store.path
+    if not store_path.is_absolute():
+        store = config.store.model_copy(update={"path": base_dir / store_path})
+        config = config.model_copy(update={"store": store})
+    return config
+
+
+def cross_check(config: AgentConfig) -> list[str]:
+    """Rules that span sections: unique ids, references, units against carriers."""
+    problems: list[str] = []
+    problems += _duplicates("meters", [meter.id for meter in config.meters])
+    problems += _duplicates("equipment", [item.id for item in config.equipment])
+    problems += _duplicates("opcua_endpoints", [item.id for item in config.opcua_endpoints])
+    meters = {meter.id: meter for meter in config.meters}
+    endpoints = {endpoint.id for endpoint in config.opcua_endpoints}
+    for index, meter in enumerate(config.meters):
+        if isinstance(meter, OpcUaMeter) and meter.endpoint not in endpoints:
+            problems.append(
+                f"meters[{index}].endpoint: {meter.endpoint!r} is not in opcua_endpoints "
+                f"(known: {', '.join(sorted(endpoints)) or 'none'})"
+            )
+    for index, item in enumerate(config.equipment):
+        problems += _check_equipment(f"equipment[{index}]", item, meters, config)
+    return problems
+
+
+def _duplicates(section: str, ids: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    problems = []
+    for index, item in enumerate(ids):
+        if item in seen:
+            problems.append(
+                f"{section}[{index}].id: {item!r} is already used by {section}[{seen[item]}]"
+            )
+        seen.setdefault(item, index)
+    return problems
+
+
+def _check_equipment(
+    path: str,
+    item: EquipmentConfig,
+    meters: dict[str, ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter],
+    config: AgentConfig,
+) -> list[str]:
+    problems: list[str] = []
+    if item.carrier not in config.emission_factors:
+        problems.append(
+            f"{path}.carrier: {item.carrier!r} has no entry in emission_factors "
+            f"(known: {', '.join(sorted(config.emission_factors)) or 'none'})"
+        )
+    for ref_index, ref in enumerate(item.meters):
+        ref_path = f"{path}.meters[{ref_index}]"
+        meter = meters.get(ref.meter)
+        if meter is None:
+            problems.append(
+                f"{ref_path}.meter: {ref.meter!r} is not a configured meter "
+                f"(known: {', '.join(sorted(meters))})"
+            )
+            continue
+        try:
+            point_name = attributed_point_name(meter.points, ref.point)
+        except LookupError as exc:
+            problems.append(f"{ref_path}: {exc.args[0]}")
+            continue
+        point = meter.points[point_name]
+        allowed = CARRIER_UNITS.get(item.carrier)
+        if point.role is PointRole.ENERGY and allowed and point.unit not in allowed:
+            unit_family = "kWh, Wh, MWh" if "kWh" in allowed else ", ".join(allowed)
+            if not (item.carrier == "electricity" and point.unit in ("Wh", "MWh")):
+                problems.append(
+                    f"{ref_path}: point {point_name!r} counts {point.unit!r} but carrier "
+                    f"{item.carrier!r} is measured in {unit_family}"
+                )
+    state = item.state
+    if state is not None:
+        meter = meters.get(state.meter)
+        if meter is None:
+            problems.append(f"{path}.state.meter: {state.meter!r} is not a configured meter")
+        elif state.point is not None and state.point not in meter.points:
+            problems.append(
+                f"{path}.state.point: {state.point!r} is not a point of meter {state.meter!r} "
+                f"(points: {', '.join(sorted(meter.points))})"
+            )
+    return problems
+
+
+def attributed_point_name(points: Mapping[str, PointBase], wanted: str | None) -> str:
+    """The point whose readings are attributed: the named one, else energy, else power."""
+    if wanted is not None:
+        if wanted not in points:
+            raise LookupError(
+                f"point {wanted!r} is not defined (points: {', '.join(sorted(points))})"
+            )
+        if points[wanted].role not in (PointRole.ENERGY, PointRole.POWER):
+            raise LookupError(
+                f"point {wanted!r} has role {points[wanted].role.value!r}, not energy or power"
+            )
+        return wanted
+    for role in (PointRole.ENERGY, PointRole.POWER):
+        names = [name for name, point in points.items() if point.role is role]
+        if names:
+            return sorted(names)[0]
+    raise LookupError("the meter has no point with role 'energy' or 'power' to attribute")
+
+
+def read_secret(ref: SecretRef, what: str) -> str | None:
+    """Resolve a password from its environment variable or file, at start-up."""
+    if ref.password_env:
+        value = os.environ.get(ref.password_env)
+        if value is None:
+            raise ConfigError(
+                [f"{what}.password_env: environment variable {ref.password_env!r} is not set"]
+            )
+        return value
+    if ref.password_file:
+        try:
+            return ref.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [f"{what}.password_file: cannot read {ref.password_file} ({exc.strerror})"]
+            ) from exc
+    return None

@@ -1,0 +1,411 @@
+"""The configuration file's shape, as pydantic models.
+
+Everything that comes from the YAML file is validated here, before any task runs. Unknown keys
+are errors (``extra="forbid"``) so that a typo never passes silently. Messages written here
+name the bad value and what was expected; :mod:`edge_agent.config.loader` prefixes the key path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from edge_agent.domain import MachineState, PointRole
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+ENERGY_UNITS_TO_KWH: dict[str, float] = {"Wh": 1e-3, "kWh": 1.0, "MWh": 1e3}
+VOLUME_UNITS = ("m3", "Nm3")
+POWER_UNITS_TO_KW: dict[str, float] = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
+COUNTER_UNITS = (*ENERGY_UNITS_TO_KWH, *VOLUME_UNITS)
+CARRIER_UNITS: dict[str, tuple[str, ...]] = {
+    "electricity": ("kWh",),
+    "natural_gas": VOLUME_UNITS,
+    "compressed_air": VOLUME_UNITS,
+    "steam": ("kWh", "MWh"),
+    "heat": ("kWh", "MWh"),
+}
+
+
+def invalid(message: str, **context: Any) -> PydanticCustomError:
+    """An error whose message already names the bad value (``str.format`` with ``context``).
+
+    The "edge_agent" error type tells the loader to print the message as it is.
+    """
+    detail = message.format(**context) if context else message
+    return PydanticCustomError("edge_agent", "{detail}", {"detail": detail})
+
+
+def _check_id(value: str) -> str:
+    if not ID_PATTERN.match(value):
+        raise invalid(
+            "{value!r} is not a valid id (letters, digits, '-' and '_', at most 64, "
+            "no '/', '+', '#' or spaces because ids become MQTT topic levels)",
+            value=value,
+        )
+    return value
+
+
+def _check_address(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise invalid(
+            "{value} is not a register address (0..65535); write the 0-based protocol address, "
+            "e.g. 30343 in the maker's notation is input register 342",
+            value=value,
+        )
+    return value
+
+
+def _check_positive(value: float) -> float:
+    if not value > 0:
+        raise invalid("{value} is not a positive number", value=value)
+    return value
+
+
+Identifier = Annotated[str, AfterValidator(_check_id)]
+RegisterAddress = Annotated[int, AfterValidator(_check_address)]
+PositiveFloat = Annotated[float, AfterValidator(_check_positive)]
+
+RegisterType = Literal["holding", "input", "coil", "discrete_input"]
+DataType = Literal["uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"]
+ByteOrder = Literal["big", "little"]
+
+REGISTER_COUNT: dict[str, int] = {
+    "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2,
+    "uint64": 4, "int64": 4, "float64": 4,
+}  # fmt: skip
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PointBase(StrictModel):
+    """What every meter point has, whatever the protocol."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    role: PointRole = PointRole.OTHER
+    # State points: raw value -> machine state (e.g. {0: off, 1: idle, 2: running}).
+    states: dict[int, MachineState] | None = None
+    # Counter points: the value (in ``unit``, after scale) at which the counter wraps to 0.
+    # Integer registers default to their data type's range times ``scale``.
+    counter_modulus: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _unit_fits_role(self) -> PointBase:
+        if self.role is PointRole.ENERGY and self.unit not in COUNTER_UNITS:
+            raise invalid(
+                "unit {unit!r} is not a counter unit for role 'energy' (expected one of {allowed})",
+                unit=self.unit,
+                allowed=", ".join(COUNTER_UNITS),
+            )
+        if self.role is PointRole.POWER and self.unit not in POWER_UNITS_TO_KW:
+            raise invalid(
+                "unit {unit!r} is not a power unit for role 'power' (expected one of {allowed})",
+                unit=self.unit,
+                allowed=", ".join(POWER_UNITS_TO_KW),
+            )
+        if self.role is PointRole.STATE and not self.states:
+            raise invalid("a point with role 'state' needs a 'states' value map, e.g. {0: off}")
+        return self
+
+
+class ModbusPoint(PointBase):
+    # "register" in YAML; renamed here because pydantic reserves the attribute name.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    register_type: RegisterType = Field("holding", alias="register")
+    address: RegisterAddress
+    type: DataType = "uint16"
+    word_order: ByteOrder = "big"  # order of 16-bit words in multi-register values
+    byte_order: ByteOrder = "big"  # order of the two bytes inside each word
+
+    @property
+    def register_count(self) -> int:
+        return 1 if self.register_type in ("coil", "discrete_input") else REGISTER_COUNT[self.type]
+
+    @property
+    def effective_counter_modulus(self) -> float | None:
+        if self.counter_modulus is not None:
+            return self.counter_modulus
+        if self.role is not PointRole.ENERGY or self.type.startswith("float"):
+            return None
+        bits = 16 * REGISTER_COUNT[self.type]
+        span: int = 2**bits if self.type.startswith("u") else 2 ** (bits - 1)
+        return float(span) * abs(self.scale)
+
+    @model_validator(mode="after")
+    def _address_range_fits(self) -> ModbusPoint:
+        last = self.address + self.register_count - 1
+        if last > 65535:
+            raise invalid(
+                "{type} at address {address} needs {count} registers and runs past 65535",
+                type=self.type,
+                address=self.address,
+                count=self.register_count,
+            )
+        return self
+
+
+class OpcUaPoint(PointBase):
+    # "nsu=<namespace uri>;s=<id>" (preferred), "ns=<index>;i=<id>", or a browse path
+    # "/Objects/2:Plant/2:Laser/2:Energy" resolved once per session.
+    node: str = Field(min_length=1)
+
+
+class MeterBase(StrictModel):
+    id: Identifier
+    description: str = ""
+    interval_s: Annotated[float, Field(ge=0.1, le=3600)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    enabled: bool = True
+
+
+class ModbusMeterBase(MeterBase):
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    profile: str | None = None
+    points: dict[Identifier, ModbusPoint] = Field(default_factory=dict)
+    # Registers between two points that may be read (and discarded) to save a request.
+    max_gap_registers: Annotated[int, Field(ge=0, le=124)] = 8
+    max_registers_per_read: Annotated[int, Field(ge=1, le=125)] = 125
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any, info: Any) -> Any:
+        if not isinstance(data, dict) or data.get("profile") is None:
+            return data
+        from edge_agent.config.profiles import merge_profile  # noqa: PLC0415 (cycle)
+
+        dirs = (info.context or {}).get("profile_dirs", ())
+        return merge_profile(data, dirs)
+
+    @model_validator(mode="after")
+    def _has_points(self) -> ModbusMeterBase:
+        if not self.points:
+            raise invalid("a meter needs at least one point (or a 'profile')")
+        return self
+
+
+class ModbusTcpMeter(ModbusMeterBase):
+    protocol: Literal["modbus_tcp"]
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+
+
+class ModbusRtuMeter(ModbusMeterBase):
+    protocol: Literal["modbus_rtu"]
+    serial_port: str = Field(min_length=1)  # /dev/ttyUSB0, /dev/ttyAMA0, ...
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class OpcUaMeter(MeterBase):
+    protocol: Literal["opcua"]
+    endpoint: Identifier  # id of an entry in ``opcua_endpoints``
+    points: dict[Identifier, OpcUaPoint]
+
+
+MeterConfig = Annotated[
+    ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter, Field(discriminator="protocol")
+]
+ModbusMeter = ModbusTcpMeter | ModbusRtuMeter
+
+
+class SecretRef(StrictModel):
+    """A secret read from an environment variable or a file, never written in the YAML."""
+
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if self.password_env and self.password_file:
+            raise invalid("give either password_env or password_file, not both")
+        return self
+
+
+class OpcUaSecurity(StrictModel):
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: Path | None = None  # client certificate (DER or PEM)
+    private_key: Path | None = None
+    # Server certificates we trust: a file or a folder of files. Required when policy != None
+    # unless ``trust_on_first_use`` is set explicitly (commissioning only, never production).
+    trusted_server_certificates: Path | None = None
+    trust_on_first_use: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaSecurity:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise invalid(
+                "policy {policy!r} and mode {mode!r} do not match: both 'None', or a policy "
+                "with Sign / SignAndEncrypt",
+                policy=self.policy,
+                mode=self.mode,
+            )
+        if self.policy != "None":
+            if self.certificate is None or self.private_key is None:
+                raise invalid(
+                    "policy {policy!r} needs 'certificate' and 'private_key'", policy=self.policy
+                )
+            if self.trusted_server_certificates is None and not self.trust_on_first_use:
+                raise invalid(
+                    "policy {policy!r} needs 'trusted_server_certificates' (a file or folder); "
+                    "silent trust-on-first-use is off unless 'trust_on_first_use: true'",
+                    policy=self.policy,
+                )
+        return self
+
+
+class OpcUaEndpoint(SecretRef):
+    id: Identifier
+    url: Annotated[str, Field(pattern=r"^opc\.tcp://")]
+    mode: Literal["read", "subscribe"] = "read"
+    interval_s: Annotated[float, Field(ge=0.05, le=3600)] = 1.0  # read period or sampling interval
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 4.0
+    security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
+    username: str | None = None
+    application_uri: str = "urn:edge-agent:client"
+
+
+class SiteConfig(StrictModel):
+    id: Identifier
+    name: str = ""
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "JP"
+
+
+class MeterRef(StrictModel):
+    meter: Identifier
+    point: Identifier | None = None  # default: the meter's energy point, else its power point
+
+
+class DerivedState(StrictModel):
+    """Machine state from active power: off < idle_above_kw <= idle < running_above_kw <= running."""
+
+    meter: Identifier
+    point: Identifier | None = None
+    idle_above_kw: Annotated[float, Field(ge=0)]
+    running_above_kw: Annotated[float, Field(gt=0)]
+    hysteresis_kw: Annotated[float, Field(ge=0)] = 0.0
+    min_dwell_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DerivedState:
+        if self.running_above_kw <= self.idle_above_kw:
+            raise invalid(
+                "running_above_kw ({running}) must be above idle_above_kw ({idle})",
+                running=self.running_above_kw,
+                idle=self.idle_above_kw,
+            )
+        return self
+
+
+class StateSource(StrictModel):
+    meter: Identifier
+    point: Identifier
+
+
+class EquipmentConfig(StrictModel):
+    id: Identifier
+    name: str = ""
+    line: Identifier = "line-1"
+    carrier: Identifier = "electricity"
+    meters: list[MeterRef] = Field(min_length=1)
+    max_power_kw: PositiveFloat
+    state: StateSource | DerivedState | None = None
+    overlap_split: Literal["equal", "quantity"] = "equal"
+    # An order is final when every meter has a reading at or after its stop; after this
+    # many seconds without one, the tail is estimated and flagged instead.
+    final_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+
+    @field_validator("meters", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"meter": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
+class TlsConfig(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttConfig(SecretRef):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    client_id: str | None = None  # default: edge-agent-<site id>
+    username: str | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 86400
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
+    topic_prefix: str = "factory"
+    mes_topic: str = "{prefix}/{site}/mes/orders"
+    order_topic: str = "{prefix}/{site}/{line}/{equipment}/lots/{lot_id}"
+    lot_topic: str = "{prefix}/{site}/lots/{lot_id}"
+    balance_topic: str = "{prefix}/{site}/{line}/{equipment}/energy-balance"
+    status_topic: str = "{prefix}/{site}/edge-agent/status"
+    dead_letter_topic: str | None = "{prefix}/{site}/mes/dead-letter"
+
+
+class StoreConfig(StrictModel):
+    path: Path = Path("edge-agent.db")
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    outbox_budget_mb: Annotated[float, Field(gt=0)] = 512.0
+    batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    batch_max_delay_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+
+class EmissionFactor(StrictModel):
+    value: Annotated[float, Field(ge=0)]
+    unit: str  # kgCO2e per carrier unit, e.g. "kgCO2e/kWh"
+    source: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    # Supplier- or contract-specific factor (PACT "primary"); a grid average is not.
+    primary: bool = False
+    # Gas factors are defined per m3 at reference conditions; a metered volume is converted.
+    reference_conditions: str | None = None
+
+
+class AgentConfig(StrictModel):
+    site: SiteConfig
+    meters: list[MeterConfig] = Field(min_length=1)
+    equipment: list[EquipmentConfig] = Field(default_factory=list)
+    opcua_endpoints: list[OpcUaEndpoint] = Field(default_factory=list)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    emission_factors: dict[Identifier, EmissionFactor] = Field(default_factory=dict)
+
+    def meter(self, meter_id: str) -> ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter:
+        for meter in self.meters:
+            if meter.id == meter_id:
+                return meter
+        raise KeyError(meter_id)
+
+    def equipment_by_id(self, equipment_id: str) -> EquipmentConfig:
+        for item in self.equipment:
+            if item.id == equipment_id:
+                return item
+        raise KeyError(equipment_id)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edge-agent-{self.site.id}"

@@ -1,0 +1,63 @@
+"""The exception tree of edge-agent.
+
+    EdgeAgentError
+    ├── ConfigError            the YAML file is unreadable or invalid (carries every problem)
+    ├── SourceError            a meter could not be read
+    │   ├── SourceTimeout      no answer within the timeout
+    │   ├── SourceUnavailable  connection refused, reset or not yet established
+    │   ├── SourceRejected     the device answered with an exception / bad status
+    │   │                      (illegal address, wrong unit id, bad node id)
+    │   └── SourceSecurityError  OPC UA security policy, certificate or user rejected
+    ├── DecodeError            register contents cannot be turned into a value
+    ├── EventRejected          an MES event failed validation (reason in the message)
+    └── StoreError             the local database failed
+
+Adapters catch library exceptions and raise these ``from`` the original, so the shell never
+depends on pymodbus, asyncua or paho exception types.
+"""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Base of every error edge-agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """Invalid configuration; ``problems`` lists every ``key.path: message`` found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class SourceError(EdgeAgentError):
+    """A meter could not be read."""
+
+
+class SourceTimeout(SourceError):
+    """The device did not answer in time."""
+
+
+class SourceUnavailable(SourceError):
+    """No connection to the device (refused, reset, unreachable)."""
+
+
+class SourceRejected(SourceError):
+    """The device answered with an error (Modbus exception, OPC UA bad status)."""
+
+
+class SourceSecurityError(SourceError):
+    """OPC UA security mismatch: policy, certificate trust or user identity rejected."""
+
+
+class DecodeError(EdgeAgentError):
+    """Register or node contents cannot be decoded to a value."""
+
+
+class EventRejected(EdgeAgentError):
+    """An MES event is malformed or inconsistent with known state."""
+
+
+class StoreError(EdgeAgentError):
+    """The local SQLite store failed."""

@@ -1,0 +1,129 @@
+"""Drain the SQLite outbox to MQTT: in order, QoS 1, bounded in flight, sent only on PUBACK.
+
+After a reconnect or a restart the drain starts again from the oldest unsent record, so a
+record whose PUBACK was lost is sent twice — harmless, consumers de-duplicate on ``record_id``.
+A retained status message says ``online``; the Last Will turns it ``offline`` if the agent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.config import AgentConfig
+from edge_agent.publish.link import ConnectionLost, MqttLink
+from edge_agent.publish.topics import status_topic
+from edge_agent.store import OutboxRow
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 2.0
+_ACK_FLUSH_S = 0.05
+
+
+class Outbox(Protocol):
+    async def unsent(self, limit: int, after_seq: int = 0) -> list[OutboxRow]: ...
+    async def mark_sent_many(self, seqs: Sequence[int], sent_ns: int) -> None: ...
+
+
+def status_payload(config: AgentConfig, state: str) -> bytes:
+    return json.dumps(
+        {"state": state, "client_id": config.client_id, "site_id": config.site.id}
+    ).encode()
+
+
+class OutboxPublisher:
+    def __init__(self, config: AgentConfig, outbox: Outbox, clock: Clock | None = None) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._clock = clock or SystemClock()
+        self._wake = asyncio.Event()
+        self._status_topic = status_topic(config)
+        self.link = MqttLink(
+            config,
+            f"{config.client_id}-pub",
+            will=(self._status_topic, status_payload(config, "offline")),
+            on_connected=self.notify,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._acked: list[int] = []
+        self._inflight = asyncio.Semaphore(config.mqtt.max_inflight)
+        self.published = 0
+        # Outbox-to-PUBACK latency of recent records (bounded), for metrics and benchmarks.
+        self.latencies_s: deque[float] = deque(maxlen=10_000)
+
+    def notify(self) -> None:
+        """Something new is in the outbox (or the link came back): drain now."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self.link.start()
+        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._flush_acks()
+        await self.link.stop(final=(self._status_topic, status_payload(self._config, "offline")))
+
+    async def _run(self) -> None:
+        while True:
+            await self.link.connected.wait()
+            try:
+                await self.link.publish(
+                    self._status_topic, status_payload(self._config, "online"), retain=True
+                )
+                await self._drain_while_connected()
+            except ConnectionLost as exc:
+                log.info("publisher paused: %s", exc)
+                await self._flush_acks()
+                await asyncio.sleep(0.2)
+
+    async def _drain_while_connected(self) -> None:
+        after_seq = 0
+        while True:
+            self._wake.clear()
+            rows = await self._outbox.unsent(limit=500, after_seq=after_seq)
+            if not rows:
+                await self._flush_acks()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
+                after_seq = 0  # rescan: a failed publish may have left an older row unsent
+                continue
+            tasks = []
+            for row in rows:
+                await self._inflight.acquire()
+                if not self.link.connected.is_set():
+                    self._inflight.release()
+                    raise ConnectionLost("disconnected while draining")
+                tasks.append(asyncio.create_task(self._publish_one(row)))
+                after_seq = row.seq
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            await self._flush_acks()
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise ConnectionLost(str(failures[0]))
+
+    async def _publish_one(self, row: OutboxRow) -> None:
+        try:
+            await self.link.publish(row.topic, row.payload.encode(), qos=1)
+        finally:
+            self._inflight.release()
+        self._acked.append(row.seq)
+        self.published += 1
+        self.latencies_s.append((self._clock.now_ns() - row.created_ns) / 1e9)
+        if len(self._acked) >= 200:
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        if self._acked:
+            seqs, self._acked = self._acked, []
+            await self._outbox.mark_sent_many(seqs, self._clock.now_ns())

@@ -1,0 +1,219 @@
+"""A small typed asyncio API over paho-mqtt's threaded client.
+
+paho runs its network loop in its own thread (``loop_start``); every callback hops to the event
+loop with ``call_soon_threadsafe``. Things paho does not do for us, and why we care:
+
+- its session state lives in memory only: a process restart loses in-flight QoS 1 messages, so
+  the SQLite outbox (not paho) is the source of truth and a record is marked sent only on PUBACK;
+- its outgoing queue is unbounded: callers bound what they have in flight themselves;
+- with ``manual_ack=True`` a received QoS 1 message is acknowledged only when we call
+  :meth:`MqttLink.ack` — after the event is committed to SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import AgentConfig, read_secret
+from edge_agent.errors import EdgeAgentError
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLost(EdgeAgentError):
+    """The broker connection dropped before the PUBACK arrived; publish again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+
+
+class MqttLink:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client_id: str,
+        *,
+        persistent_session: bool = False,
+        manual_ack: bool = False,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        will: tuple[str, bytes] | None = None,
+        on_connected: Any = None,
+    ) -> None:
+        self._config = config
+        self.client_id = client_id
+        self._persistent = persistent_session
+        self._subscriptions = list(subscriptions)
+        self._on_connected = on_connected
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connected = asyncio.Event()
+        self.messages: asyncio.Queue[Received] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._early_acks: dict[int, int] = {}
+        self._mutex = threading.Lock()  # guards _pending/_early_acks against paho's thread
+        self.connects = 0
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        mqtt = config.mqtt
+        if mqtt.username:
+            client.username_pw_set(mqtt.username, read_secret(mqtt, "mqtt"))
+        if mqtt.tls is not None:
+            client.tls_set(
+                ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
+                certfile=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
+                keyfile=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if mqtt.tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(mqtt.tls.insecure_skip_verify)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(max(mqtt.max_inflight, 20))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        mqtt = self._config.mqtt
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = mqtt.session_expiry_s if self._persistent else 0
+        self._client.connect_async(
+            mqtt.host,
+            mqtt.port,
+            keepalive=mqtt.keepalive_s,
+            clean_start=not self._persistent,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    async def stop(self, *, final: tuple[str, bytes] | None = None) -> None:
+        """Disconnect cleanly; ``final`` is published (retained, QoS 1) first if connected."""
+        if final is not None and self.connected.is_set():
+            with contextlib.suppress(ConnectionLost, TimeoutError):
+                await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 2.0)
+        await asyncio.to_thread(self._client.disconnect)
+        await asyncio.to_thread(self._client.loop_stop)
+        self._fail_pending("link stopped")
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish; returns when the broker acknowledged it (PUBACK for QoS 1)."""
+        assert self._loop is not None
+        if not self.connected.is_set():
+            raise ConnectionLost(
+                f"not connected to {self._config.mqtt.host}:{self._config.mqtt.port}"
+            )
+        future: asyncio.Future[None] = self._loop.create_future()
+        # paho's publish() takes paho's own locks, and paho's thread calls _on_publish while
+        # holding them: calling publish() under our mutex would invert the lock order and
+        # deadlock as soon as two messages are in flight. A PUBACK that beats the registration
+        # below is parked in _early_acks instead.
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectionLost(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if qos == 0:
+            return
+        with self._mutex:
+            early = self._early_acks.pop(info.mid, None)
+            if early is None:
+                self._pending[info.mid] = future
+        if early is not None:
+            self._check_reason(topic, early)
+            return
+        await future
+
+    @staticmethod
+    def _check_reason(topic: str, reason: int) -> None:
+        if reason >= 0x80:
+            raise ConnectionLost(f"broker refused the message on {topic} (reason code {reason})")
+
+    def ack(self, message: Received) -> None:
+        self._client.ack(message.mid, message.qos)
+
+    # -- paho callbacks (paho's thread) -----------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _: Any, flags: Any, reason: Any, __: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT %s: broker refused the connection: %s", self.client_id, reason)
+            return
+        self.connects += 1
+        log.info(
+            "MQTT %s connected to %s:%s (session present: %s)",
+            self.client_id,
+            self._config.mqtt.host,
+            self._config.mqtt.port,
+            getattr(flags, "session_present", False),
+        )
+        for topic, qos in self._subscriptions:
+            client.subscribe(topic, qos=qos)
+        self._call(self.connected.set)
+        if self._on_connected is not None:
+            self._call(self._on_connected)
+
+    def _on_disconnect(self, _: paho.Client, __: Any, ___: Any, reason: Any, ____: Any) -> None:
+        # A disconnect we asked for (reason 0) is routine; anything else is worth a warning.
+        level = logging.INFO if int(getattr(reason, "value", 0) or 0) == 0 else logging.WARNING
+        log.log(level, "MQTT %s disconnected: %s", self.client_id, reason)
+        self._call(self.connected.clear)
+        self._call(self._fail_pending, f"disconnected: {reason}")
+
+    def _on_publish(self, _: paho.Client, __: Any, mid: int, reason: Any, ___: Any) -> None:
+        code = int(getattr(reason, "value", 0) or 0)
+        with self._mutex:
+            future = self._pending.pop(mid, None)
+            if future is None:
+                self._early_acks[mid] = code
+                return
+        self._call(self._resolve, future, code)
+
+    def _on_message(self, _: paho.Client, __: Any, message: paho.MQTTMessage) -> None:
+        received = Received(
+            message.topic, bytes(message.payload), message.mid, message.qos, message.retain
+        )
+        self._call(self.messages.put_nowait, received)
+
+    # -- event loop side --------------------------------------------------------------------
+
+    def _call(self, function: Any, *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(function, *args)
+
+    @staticmethod
+    def _resolve(future: asyncio.Future[None], code: int) -> None:
+        if future.done():
+            return
+        if code >= 0x80:
+            future.set_exception(ConnectionLost(f"broker refused the message (reason code {code})"))
+        else:
+            future.set_result(None)
+
+    def _fail_pending(self, why: str) -> None:
+        with self._mutex:
+            pending, self._pending = self._pending, {}
+            self._early_acks.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(why))

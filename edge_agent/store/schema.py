@@ -1,0 +1,78 @@
+"""Versioned schema migrations. Append a step; never edit one that has shipped."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: samples, MES events, orders and lots, the outbox, agent state
+    (
+        """CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            ts_ns INTEGER NOT NULL,
+            meter_id TEXT NOT NULL,
+            point TEXT NOT NULL,
+            role TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            value REAL,
+            quality TEXT NOT NULL,
+            state TEXT,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        # Attribution asks for one point's readings around a window.
+        "CREATE INDEX samples_by_point_time ON samples (meter_id, point, ts_ns)",
+        "CREATE INDEX samples_by_time ON samples (ts_ns)",
+        """CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            ts_ns INTEGER NOT NULL,
+            order_id TEXT,
+            lot_id TEXT NOT NULL,
+            equipment_id TEXT,
+            payload TEXT NOT NULL,
+            received_ns INTEGER NOT NULL
+        )""",
+        "CREATE INDEX events_by_order ON events (order_id, ts_ns)",
+        "CREATE INDEX events_by_lot ON events (lot_id, type)",
+        "CREATE INDEX events_by_equipment ON events (equipment_id, ts_ns)",
+        """CREATE TABLE orders (
+            order_id TEXT PRIMARY KEY,
+            lot_id TEXT NOT NULL,
+            equipment_id TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('open', 'final')),
+            revision INTEGER NOT NULL DEFAULT 0,
+            record_id TEXT,
+            finalised_ns INTEGER
+        )""",
+        "CREATE INDEX orders_by_lot ON orders (lot_id)",
+        "CREATE INDEX orders_by_status ON orders (status)",
+        """CREATE TABLE lots (
+            lot_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL CHECK (status IN ('open', 'final')),
+            revision INTEGER NOT NULL DEFAULT 0,
+            record_id TEXT,
+            finalised_ns INTEGER
+        )""",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            record_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            lot_id TEXT NOT NULL,
+            order_id TEXT,
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_ns INTEGER NOT NULL,
+            sent_ns INTEGER,
+            UNIQUE (record_id, revision)
+        )""",
+        "CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_ns IS NULL",
+        "CREATE INDEX outbox_by_order ON outbox (order_id, revision)",
+        "CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE rejected_events (reason TEXT PRIMARY KEY, count INTEGER NOT NULL)",
+    ),
+    # 2: publish attempts per outbox row (operators see a record the broker keeps refusing);
+    # when a rejection reason was last seen (a counter alone cannot say "is it still happening?")
+    (
+        "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE rejected_events ADD COLUMN last_ns INTEGER",
+    ),
+)

@@ -1,0 +1,666 @@
+"""The gateway's single source of truth: samples, MES events, order status, the outbox.
+
+Durability, chosen per transaction (WAL mode; ``synchronous`` is set before each BEGIN):
+
+* Business records — MES events, order and lot status, the outbox — commit with
+  ``synchronous=FULL``: the WAL is fsynced before the commit returns, so an MES event
+  acknowledged to the broker or a record in the outbox survives power loss.
+* Raw samples commit with ``synchronous=NORMAL`` (no fsync per commit). On power loss WAL +
+  NORMAL never corrupts the file; it can only drop the newest commits, i.e. the last second or so
+  of samples — which attribution tolerates like any short communication gap. Because the WAL is
+  append-only and a FULL commit fsyncs the whole file, every sample written before a business
+  commit becomes durable with it.
+* ``mark_sent`` and ``note_attempts`` also use NORMAL: losing one only means a record is
+  published again after a crash, which the deterministic ``record_id`` makes harmless (consumers
+  de-duplicate), and it keeps the outbox drain from paying one fsync per PUBACK batch.
+
+Samples are written one transaction per batch (executemany), never per row; aiosqlite costs a
+thread hop per await, so every method here does its work in as few awaits as possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import aiosqlite
+
+from edge_agent.clock import Clock, SystemClock
+from edge_agent.domain import PointRole, Quality, Sample
+from edge_agent.errors import StoreError
+from edge_agent.store.schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+_Sync = Literal["FULL", "NORMAL"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An MES event as stored: its routing fields plus the original JSON."""
+
+    event_id: str
+    type: str
+    ts_ns: int
+    order_id: str | None
+    lot_id: str
+    equipment_id: str | None
+    payload_json: str
+    received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A record to publish; (record_id, revision) identifies it, so enqueueing is idempotent."""
+
+    record_id: str
+    revision: int
+    kind: str  # "order" | "lot" | "balance"
+    lot_id: str
+    order_id: str | None
+    topic: str
+    payload: str
+    created_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored outbox record with its queue position and delivery state."""
+
+    seq: int
+    record_id: str
+    revision: int
+    kind: str
+    lot_id: str
+    order_id: str | None
+    topic: str
+    payload: str
+    created_ns: int
+    sent_ns: int | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    unsent_count: int
+    unsent_bytes: int
+    oldest_unsent_ns: int | None
+    sent_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Status of an order or a lot."""
+
+    status: str  # "open" | "final"
+    revision: int
+    record_id: str | None
+    finalised_ns: int | None = None
+
+
+_SAMPLE_COLUMNS = "ts_ns, meter_id, point, role, unit, value, quality, state, detail"
+_EVENT_COLUMNS = "event_id, type, ts_ns, order_id, lot_id, equipment_id, payload, received_ns"
+_OUTBOX_COLUMNS = (
+    "seq, record_id, revision, kind, lot_id, order_id, topic, payload, created_ns, sent_ns, "
+    "attempts"
+)
+# Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
+_PRUNE_CHUNK_ROWS = 20_000
+
+
+def _sample(row: Any) -> Sample:
+    ts_ns, meter_id, point, role, unit, value, quality, state, detail = row
+    return Sample(
+        ts_ns, meter_id, point, PointRole(role), unit, value, Quality(quality), state, detail
+    )
+
+
+def _event(row: Any) -> StoredEvent:
+    return StoredEvent(*row)
+
+
+def _outbox(row: Any) -> OutboxRow:
+    return OutboxRow(*row)
+
+
+class Store:
+    """Open with :func:`open_store`; all methods are coroutines on one connection."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path, clock: Clock) -> None:
+        self._db = db
+        self.path = path
+        self._clock = clock
+        # One connection is shared by every task. A transaction spans several awaits, so every
+        # statement takes this lock: another task's write would otherwise land inside it, and
+        # another task's read would see rows that may still be rolled back.
+        self._lock = asyncio.Lock()
+        self._sync: _Sync = "FULL"  # what open_store set
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def schema_version(self) -> int:
+        row = await self._one("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    # -- samples ----------------------------------------------------------------------------
+
+    async def write_samples(self, samples: Sequence[Sample]) -> None:
+        """Append a batch of samples in one transaction (all or none)."""
+        if not samples:
+            return
+        rows = [
+            (
+                s.ts_ns, s.meter_id, s.point, s.role.value, s.unit, s.value, s.quality.value,
+                s.state, s.detail,
+            )
+            for s in samples
+        ]  # fmt: skip
+        async with self._transaction("NORMAL", f"writing {len(rows)} samples"):
+            await self._db.executemany(
+                f"INSERT INTO samples ({_SAMPLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+
+    async def readings(
+        self, meter_id: str, point: str, start_ns: int, end_ns: int, *, good_only: bool = True
+    ) -> list[Sample]:
+        """Samples in [start, end] plus the last one before start and the first one after end.
+
+        Attribution interpolates the counter at the window's edges, so it needs the readings
+        that bracket it. With ``good_only`` the brackets are good readings too.
+        """
+        good = "AND quality = 'good'" if good_only else ""
+        where = f"meter_id = ? AND point = ? {good}"
+        query = f"""
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
+                           WHERE {where} AND ts_ns < ? ORDER BY ts_ns DESC LIMIT 1)
+            UNION ALL
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
+                           WHERE {where} AND ts_ns BETWEEN ? AND ? ORDER BY ts_ns)
+            UNION ALL
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
+                           WHERE {where} AND ts_ns > ? ORDER BY ts_ns ASC LIMIT 1)
+        """
+        params = (
+            meter_id, point, start_ns,
+            meter_id, point, start_ns, end_ns,
+            meter_id, point, end_ns,
+        )  # fmt: skip
+        rows = await self._all(query, params)
+        # Each part comes from the (meter_id, point, ts_ns) index; sort once for a stable order
+        # (samples sharing a timestamp keep their insertion order: Python's sort is stable).
+        return sorted((_sample(row) for row in rows), key=lambda s: s.ts_ns)
+
+    async def has_reading_at_or_after(self, meter_id: str, point: str, ts_ns: int) -> bool:
+        """Whether a good reading at or after ``ts_ns`` exists (an order's stop is measured)."""
+        query = (
+            "SELECT 1 FROM samples WHERE meter_id = ? AND point = ? AND quality = 'good' "
+            "AND ts_ns >= ? LIMIT 1"
+        )
+        return await self._one(query, (meter_id, point, ts_ns)) is not None
+
+    async def latest_sample(self, meter_id: str, point: str) -> Sample | None:
+        """The newest sample of any quality (the probe and health show failures too)."""
+        query = (
+            f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE meter_id = ? AND point = ? "
+            "ORDER BY ts_ns DESC LIMIT 1"
+        )
+        row = await self._one(query, (meter_id, point))
+        return _sample(row) if row else None
+
+    async def sample_count(self) -> int:
+        row = await self._one("SELECT count(*) FROM samples")
+        return int(row[0]) if row else 0
+
+    async def prune_samples(self, older_than_ns: int) -> int:
+        """Retention: delete samples older than ``older_than_ns``. Never touches anything else."""
+        deleted = 0
+        while True:
+            async with self._transaction("NORMAL", "pruning samples"):
+                cursor = await self._db.execute(
+                    "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE ts_ns < ? "
+                    "LIMIT ?)",
+                    (older_than_ns, _PRUNE_CHUNK_ROWS),
+                )
+            deleted += cursor.rowcount
+            if cursor.rowcount < _PRUNE_CHUNK_ROWS:
+                return deleted
+
+    async def enforce_budget(self, max_bytes: int) -> int:
+        """Delete the oldest raw samples while the database is over budget; never records.
+
+        Returns how many samples were deleted. If events and records alone exceed the budget,
+        nothing else is deleted (they are business data) and a warning is logged.
+        """
+        deleted = 0
+        while (used := await self.size_bytes()) > max_bytes:
+            samples = await self.sample_count()
+            if samples == 0:
+                log.warning(
+                    "database uses %d bytes, over its budget of %d, with no samples left to "
+                    "prune: records and events are kept",
+                    used,
+                    max_bytes,
+                )
+                break
+            # Estimate how many of the oldest samples free the excess (plus 10 % headroom), so
+            # one or two passes suffice instead of many small ones.
+            bytes_per_sample = max(used / samples, 1.0)
+            chunk = min(samples, max(1_000, int((used - max_bytes) / bytes_per_sample * 1.1)))
+            async with self._transaction("NORMAL", "pruning samples for the disk budget"):
+                cursor = await self._db.execute(
+                    "DELETE FROM samples WHERE id IN "
+                    "(SELECT id FROM samples ORDER BY ts_ns LIMIT ?)",
+                    (chunk,),
+                )
+            deleted += cursor.rowcount
+            await self._give_back_free_pages()
+        return deleted
+
+    async def _give_back_free_pages(self) -> None:
+        """Shrink the files: release free pages, then fold the WAL into the database."""
+        async with self._lock:
+            try:
+                # auto_vacuum=INCREMENTAL is set when the file is created. The pragma frees one
+                # page per step and returns no rows, and Python's execute() stops after the first
+                # step of such a statement; executescript() steps it to the end.
+                await self._db.executescript("PRAGMA incremental_vacuum;")
+                async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                    await cursor.fetchall()
+            except aiosqlite.Error as exc:
+                raise StoreError(f"giving free pages back failed: {exc}") from exc
+
+    async def size_bytes(self) -> int:
+        """Bytes in use by the database (excluding free pages and the WAL file)."""
+        row = await self._one(
+            "SELECT (page_count - freelist_count) * page_size "
+            "FROM pragma_page_count(), pragma_page_size(), pragma_freelist_count()"
+        )
+        return int(row[0]) if row else 0
+
+    # -- MES events -------------------------------------------------------------------------
+
+    async def insert_event(self, event: StoredEvent) -> bool:
+        """Commit an event durably; False when its event_id is already stored (a duplicate).
+
+        An event that names an order and its equipment also registers the order as open in the
+        same transaction, so a crash can never leave an event whose order is forgotten.
+        """
+        async with self._transaction("FULL", f"storing event {event.event_id}"):
+            cursor = await self._db.execute(
+                f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.event_id, event.type, event.ts_ns, event.order_id, event.lot_id,
+                    event.equipment_id, event.payload_json, event.received_ns,
+                ),
+            )  # fmt: skip
+            inserted = cursor.rowcount == 1
+            if inserted and event.order_id is not None and event.equipment_id is not None:
+                await self._insert_open_order(event.order_id, event.lot_id, event.equipment_id)
+        return inserted
+
+    async def events_for_order(self, order_id: str) -> list[StoredEvent]:
+        """The order's events in floor-time order (replayed to derive its timeline)."""
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? ORDER BY ts_ns, event_id"
+        return [_event(row) for row in await self._all(query, (order_id,))]
+
+    async def events_for_lot(self, lot_id: str) -> list[StoredEvent]:
+        """All events of a lot (every order's, plus lot_complete) in floor-time order."""
+        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE lot_id = ? ORDER BY ts_ns, event_id"
+        return [_event(row) for row in await self._all(query, (lot_id,))]
+
+    async def lot_completion_event(self, lot_id: str) -> StoredEvent | None:
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE lot_id = ? AND type = 'lot_complete' "
+            "ORDER BY ts_ns DESC LIMIT 1"
+        )
+        row = await self._one(query, (lot_id,))
+        return _event(row) if row else None
+
+    async def lot_completed(self, lot_id: str) -> bool:
+        return await self.lot_completion_event(lot_id) is not None
+
+    async def order_ids_on_equipment(
+        self, equipment_id: str, from_ns: int, to_ns: int
+    ) -> list[str]:
+        """Orders with a start on this equipment in [from, to] (candidates for overlap)."""
+        query = (
+            "SELECT DISTINCT order_id FROM events WHERE equipment_id = ? AND type = 'start' "
+            "AND ts_ns BETWEEN ? AND ? ORDER BY order_id"
+        )
+        return [row[0] for row in await self._all(query, (equipment_id, from_ns, to_ns))]
+
+    async def order_ids_in_lot(self, lot_id: str) -> list[str]:
+        query = "SELECT order_id FROM orders WHERE lot_id = ? ORDER BY order_id"
+        return [row[0] for row in await self._all(query, (lot_id,))]
+
+    async def count_rejected(self, reason: str) -> None:
+        """Count one rejected MES event under ``reason`` (and remember when it was last seen)."""
+        async with self._transaction("NORMAL", "counting a rejected event"):
+            await self._db.execute(
+                "INSERT INTO rejected_events (reason, count, last_ns) VALUES (?, 1, ?) "
+                "ON CONFLICT (reason) DO UPDATE SET count = count + 1, last_ns = excluded.last_ns",
+                (reason, self._clock.now_ns()),
+            )
+
+    async def rejected_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT reason, count FROM rejected_events ORDER BY reason")
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def rejected_last_seen_ns(self, reason: str) -> int | None:
+        row = await self._one("SELECT last_ns FROM rejected_events WHERE reason = ?", (reason,))
+        return int(row[0]) if row and row[0] is not None else None
+
+    # -- orders and lots --------------------------------------------------------------------
+
+    async def upsert_order_open(self, order_id: str, lot_id: str, equipment_id: str) -> None:
+        """Register an order as open; an order already known (open or final) is left as is."""
+        async with self._transaction("FULL", f"opening order {order_id}"):
+            await self._insert_open_order(order_id, lot_id, equipment_id)
+
+    async def _insert_open_order(self, order_id: str, lot_id: str, equipment_id: str) -> None:
+        await self._db.execute(
+            "INSERT INTO orders (order_id, lot_id, equipment_id, status) "
+            "VALUES (?, ?, ?, 'open') ON CONFLICT (order_id) DO NOTHING",
+            (order_id, lot_id, equipment_id),
+        )
+
+    async def mark_order_final(
+        self, order_id: str, record_id: str, revision: int, ts_ns: int
+    ) -> None:
+        """Mark an order final without a record (prefer :meth:`finalise_order`)."""
+        async with self._transaction("FULL", f"finalising order {order_id}"):
+            await self._set_order_final(order_id, record_id, revision, ts_ns)
+
+    async def _set_order_final(
+        self, order_id: str, record_id: str, revision: int, ts_ns: int
+    ) -> None:
+        cursor = await self._db.execute(
+            "UPDATE orders SET status = 'final', revision = ?, record_id = ?, finalised_ns = ? "
+            "WHERE order_id = ?",
+            (revision, record_id, ts_ns, order_id),
+        )
+        if cursor.rowcount == 0:
+            # Raising inside the transaction rolls back whatever it already did (the enqueue).
+            raise StoreError(f"cannot finalise order {order_id!r}: it was never opened")
+
+    async def order_status(self, order_id: str) -> Status | None:
+        query = "SELECT status, revision, record_id, finalised_ns FROM orders WHERE order_id = ?"
+        row = await self._one(query, (order_id,))
+        return Status(row[0], int(row[1]), row[2], row[3]) if row else None
+
+    async def open_order_ids(self) -> list[str]:
+        """Orders with events and no final record yet (resumed after a restart)."""
+        rows = await self._all(
+            "SELECT order_id FROM orders WHERE status = 'open' ORDER BY order_id"
+        )
+        return [row[0] for row in rows]
+
+    async def upsert_lot_open(self, lot_id: str) -> None:
+        async with self._transaction("FULL", f"opening lot {lot_id}"):
+            await self._db.execute(
+                "INSERT INTO lots (lot_id, status) VALUES (?, 'open') "
+                "ON CONFLICT (lot_id) DO NOTHING",
+                (lot_id,),
+            )
+
+    async def mark_lot_final(self, lot_id: str, record_id: str, revision: int, ts_ns: int) -> None:
+        """Mark a lot final without a record (prefer :meth:`finalise_lot`)."""
+        async with self._transaction("FULL", f"finalising lot {lot_id}"):
+            await self._set_lot_final(lot_id, record_id, revision, ts_ns)
+
+    async def _set_lot_final(self, lot_id: str, record_id: str, revision: int, ts_ns: int) -> None:
+        await self._db.execute(
+            "INSERT INTO lots (lot_id, status, revision, record_id, finalised_ns) "
+            "VALUES (?, 'final', ?, ?, ?) ON CONFLICT (lot_id) DO UPDATE SET "
+            "status = 'final', revision = excluded.revision, record_id = excluded.record_id, "
+            "finalised_ns = excluded.finalised_ns",
+            (lot_id, revision, record_id, ts_ns),
+        )
+
+    async def lot_status(self, lot_id: str) -> Status | None:
+        query = "SELECT status, revision, record_id, finalised_ns FROM lots WHERE lot_id = ?"
+        row = await self._one(query, (lot_id,))
+        return Status(row[0], int(row[1]), row[2], row[3]) if row else None
+
+    async def pending_lot_ids(self) -> list[str]:
+        """Lots with a lot_complete event and no summary yet."""
+        query = (
+            "SELECT DISTINCT e.lot_id FROM events e LEFT JOIN lots l ON l.lot_id = e.lot_id "
+            "WHERE e.type = 'lot_complete' AND (l.status IS NULL OR l.status != 'final') "
+            "ORDER BY e.lot_id"
+        )
+        return [row[0] for row in await self._all(query)]
+
+    async def finalise_order(self, order_id: str, record: OutboxRecord) -> int:
+        """Mark the order final and enqueue its record in one durable transaction.
+
+        Returns the record's outbox seq. Either both happen or neither: a crash or an error in
+        between leaves the order open and the outbox unchanged, and repeating the call with the
+        same (record_id, revision) adds no second row.
+        """
+        async with self._transaction("FULL", f"finalising order {order_id}"):
+            seq = await self._enqueue(record)
+            await self._set_order_final(
+                order_id, record.record_id, record.revision, record.created_ns
+            )
+        return seq
+
+    async def finalise_lot(self, lot_id: str, record: OutboxRecord) -> int:
+        """Mark the lot final and enqueue its summary record in one durable transaction."""
+        async with self._transaction("FULL", f"finalising lot {lot_id}"):
+            seq = await self._enqueue(record)
+            await self._set_lot_final(lot_id, record.record_id, record.revision, record.created_ns)
+        return seq
+
+    async def latest_record(self, order_id: str) -> dict[str, Any] | None:
+        """The payload of the order's newest record revision."""
+        query = "SELECT payload FROM outbox WHERE order_id = ? ORDER BY revision DESC LIMIT 1"
+        row = await self._one(query, (order_id,))
+        if row is None:
+            return None
+        payload: dict[str, Any] = json.loads(row[0])
+        return payload
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def enqueue_record(self, record: OutboxRecord) -> int:
+        """Durably enqueue a record; returns its seq (the existing one for a repeat)."""
+        async with self._transaction("FULL", f"enqueueing record {record.record_id}"):
+            return await self._enqueue(record)
+
+    async def _enqueue(self, record: OutboxRecord) -> int:
+        # RETURNING yields nothing when the row exists, hence the SELECT in that case only.
+        async with self._db.execute(
+            "INSERT INTO outbox (record_id, revision, kind, lot_id, order_id, topic, payload, "
+            "created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (record_id, revision) DO NOTHING RETURNING seq",
+            (
+                record.record_id, record.revision, record.kind, record.lot_id, record.order_id,
+                record.topic, record.payload, record.created_ns,
+            ),
+        ) as cursor:  # fmt: skip
+            row = await cursor.fetchone()
+        if row is None:
+            query = "SELECT seq FROM outbox WHERE record_id = ? AND revision = ?"
+            async with self._db.execute(query, (record.record_id, record.revision)) as cursor:
+                row = await cursor.fetchone()
+        if row is None:
+            raise StoreError(f"record {record.record_id} rev {record.revision} was not enqueued")
+        return int(row[0])
+
+    async def unsent(self, limit: int, after_seq: int = 0) -> list[OutboxRow]:
+        """Unsent records after ``after_seq``, oldest first (the publisher's queue)."""
+        query = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE sent_ns IS NULL AND seq > ? "
+            "ORDER BY seq LIMIT ?"
+        )
+        return [_outbox(row) for row in await self._all(query, (after_seq, limit))]
+
+    async def mark_sent(self, seq: int, sent_ns: int) -> None:
+        """The broker acknowledged the record (PUBACK)."""
+        await self.mark_sent_many([seq], sent_ns)
+
+    async def mark_sent_many(self, seqs: Sequence[int], sent_ns: int) -> None:
+        """One transaction for a batch of PUBACKs (see the module note on NORMAL here)."""
+        if not seqs:
+            return
+        async with self._transaction("NORMAL", f"marking {len(seqs)} records sent"):
+            await self._db.executemany(
+                "UPDATE outbox SET sent_ns = ? WHERE seq = ? AND sent_ns IS NULL",
+                [(sent_ns, seq) for seq in seqs],
+            )
+
+    async def note_attempts(self, seqs: Sequence[int]) -> None:
+        """Count one publish attempt for each of these records."""
+        if not seqs:
+            return
+        async with self._transaction("NORMAL", f"counting attempts of {len(seqs)} records"):
+            await self._db.executemany(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", [(s,) for s in seqs]
+            )
+
+    async def outbox_stats(self) -> OutboxStats:
+        query = (
+            "SELECT count(*) FILTER (WHERE sent_ns IS NULL), "
+            "coalesce(sum(length(payload)) FILTER (WHERE sent_ns IS NULL), 0), "
+            "min(created_ns) FILTER (WHERE sent_ns IS NULL), "
+            "count(*) FILTER (WHERE sent_ns IS NOT NULL) FROM outbox"
+        )
+        row = await self._one(query)
+        if row is None:  # an aggregate always yields a row
+            raise StoreError("outbox statistics returned no row")
+        return OutboxStats(int(row[0]), int(row[1]), row[2], int(row[3]))
+
+    async def recent_records(self, limit: int) -> list[OutboxRow]:
+        """The newest records first, sent or not (for ``edge-agent lots``)."""
+        query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq DESC LIMIT ?"
+        return [_outbox(row) for row in await self._all(query, (limit,))]
+
+    # -- agent state ------------------------------------------------------------------------
+
+    async def get_state(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM agent_state WHERE key = ?", (key,))
+        return str(row[0]) if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self._transaction("FULL", f"saving agent state {key}"):
+            await self._db.execute(
+                "INSERT INTO agent_state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        async with self._lock:
+            try:
+                async with self._db.execute(query, params) as cursor:
+                    return await cursor.fetchone()
+            except aiosqlite.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+
+    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            try:
+                async with self._db.execute(query, params) as cursor:
+                    return list(await cursor.fetchall())
+            except aiosqlite.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self, sync: _Sync, what: str) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: all or nothing, one at a time.
+
+        Database errors come out as :class:`StoreError` naming ``what`` was being done.
+        """
+        async with self._lock:
+            try:
+                if sync != self._sync:
+                    # Outside any transaction: the level applies to the commit below.
+                    await self._db.execute(f"PRAGMA synchronous={sync}")
+                    self._sync = sync
+                await self._db.execute("BEGIN IMMEDIATE")
+            except aiosqlite.Error as exc:
+                raise StoreError(f"{what} failed: {exc}") from exc
+            try:
+                yield
+                await self._db.commit()
+            except BaseException as exc:
+                await self._db.rollback()
+                if isinstance(exc, aiosqlite.Error):
+                    raise StoreError(f"{what} failed: {exc}") from exc
+                raise
+
+
+async def open_store(path: Path, *, clock: Clock | None = None) -> Store:
+    """Open (creating and migrating as needed) the database at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # isolation_level=None: we issue BEGIN ourselves, so a batch is exactly one transaction.
+        db = await aiosqlite.connect(path, isolation_level=None)
+    except aiosqlite.Error as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
+    try:
+        # Only effective on a new file (before the first table): lets the budget give space back.
+        await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        async with db.execute("PRAGMA journal_mode=WAL") as cursor:
+            row = await cursor.fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            raise StoreError(f"cannot switch {path} to WAL mode (got {row})")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        # Another process (the `edge-agent lots` command) may read or write at the same time.
+        await db.execute("PRAGMA busy_timeout=5000")
+        await migrate(db)
+    except (aiosqlite.Error, StoreError) as exc:
+        await db.close()
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"cannot open the database {path}: {exc}") from exc
+    return Store(db, path, clock or SystemClock())
+
+
+async def migrate(db: aiosqlite.Connection, target: int | None = None) -> int:
+    """Apply the migrations above the database's user_version, each in one transaction.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``). Returns the version reached.
+    """
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    current = int(row[0]) if row else 0
+    target = len(MIGRATIONS) if target is None else target
+    if current > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {current} is newer than this edge-agent ({len(MIGRATIONS)})"
+        )
+    for version in range(current + 1, target + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                await db.execute(statement)
+            # user_version is stored in the database header, so it commits with the step.
+            await db.execute(f"PRAGMA user_version = {version}")
+            await db.commit()
+        except aiosqlite.Error:
+            await db.rollback()
+            raise
+        log.info("database schema migrated to version %d", version)
+    return max(current, target)

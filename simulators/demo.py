@@ -1,0 +1,328 @@
+"""The demo plant: local Mosquitto + simulated meters + MES + the agent, records printed live.
+
+    python -m simulators.demo --duration 60        (./tasks.sh demo runs this)
+
+Leaves its configuration and database in ``demo-output/`` for ``edge-agent lots -c
+demo-output/plant.yaml``. The same :class:`PlantHarness` drives the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.app import Agent
+from edge_agent.config import AgentConfig, parse_config
+from edge_agent.publish.topics import mes_topic
+from simulators.broker import LocalMosquitto
+from simulators.mes import LotPlan, MesPublisher, TrueOrder, demo_lots, run_plan
+from simulators.modbus_meters import SimulatedPlant
+from simulators.opcua_machines import NAMESPACE as OPCUA_NAMESPACE
+from simulators.opcua_machines import OpcUaMachineServer
+from simulators.plant import ENCLOSURE_LINE, Step, agent_config, build_plant, write_config
+
+
+class RecordSubscriber:
+    """A consumer of lot records (what a plant historian or PCF system would run)."""
+
+    def __init__(self, host: str, port: int, topic: str, *, echo: bool = False) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.received_at: dict[str, float] = {}
+        self._echo = echo
+        self._loop = asyncio.get_running_loop()
+        self._arrived = asyncio.Event()
+        # A persistent session: records published while this consumer reconnects (after a
+        # broker restart) are queued for it, as a real historian would configure it.
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"consumer-{uuid.uuid4().hex[:8]}",
+            clean_session=False,
+        )
+        self._client.on_message = self._on_message
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._client.connect(host, port, keepalive=30)
+        self._client.loop_start()
+
+    def _on_message(self, _: Any, __: Any, message: paho.MQTTMessage) -> None:
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        self._loop.call_soon_threadsafe(self._add, message.topic, body)
+
+    def _add(self, topic: str, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        if topic.endswith("/status"):
+            self.statuses.append(body)
+            return
+        if body.get("kind") not in ("order", "lot"):
+            return
+        self.records.append(body)
+        key = f"{body['record_id']}#{body['revision']}"
+        self.received_at.setdefault(key, time.time())
+        self._arrived.set()
+        if self._echo:
+            print(format_record(body), flush=True)
+
+    def latest(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Newest revision per record id."""
+        out: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            if record["kind"] == kind:
+                current = out.get(record["record_id"])
+                if current is None or record["revision"] >= current["revision"]:
+                    out[record["record_id"]] = record
+        return out
+
+    async def wait_for(self, orders: int, lots: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while len(self.latest("order")) < orders or len(self.latest("lot")) < lots:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return True
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def format_record(record: dict[str, Any]) -> str:
+    per_unit = record.get("co2e_kg_per_unit")
+    per_unit_text = f"{per_unit * 1000:8.2f} g/unit" if per_unit is not None else "     n/a     "
+    step = record.get("equipment_id") or f"LOT ({record.get('steps')} steps)"
+    return (
+        f"{record['kind']:<5} {record['lot_id']:<10} {step:<18} "
+        f"{record['energy_kwh']:9.4f} kWh {record['co2e_kg']:8.4f} kg CO2e {per_unit_text} "
+        f"measured {record['measured_share']:4.0%} primary {record['primary_data_share']:4.0%}"
+        + (f" rev {record['revision']}" if record["revision"] > 1 else "")
+    )
+
+
+class PlantHarness:
+    """Simulated plant + agent (+ a consumer) on a given broker, in one event loop."""
+
+    def __init__(
+        self,
+        folder: Path,
+        broker_host: str,
+        broker_port: int,
+        *,
+        steps: tuple[Step, ...] = ENCLOSURE_LINE,
+        interval_s: float = 1.0,
+        echo: bool = False,
+        final_timeout_s: float = 10.0,
+        opcua_steps: tuple[str, ...] = (),
+        power_only_steps: tuple[str, ...] = (),
+    ) -> None:
+        self.folder = folder
+        self.steps = steps
+        self.plant = SimulatedPlant(truth_dir=folder / "truth")
+        (folder / "truth").mkdir(parents=True, exist_ok=True)
+        build_plant(self.plant, steps)
+        self.raw_config = agent_config(
+            self.plant,
+            mqtt_host=broker_host,
+            mqtt_port=broker_port,
+            store_path=Path("edge-agent.db"),  # relative to plant.yaml, like a user would write it
+            steps=steps,
+            interval_s=interval_s,
+            final_timeout_s=final_timeout_s,
+        )
+        for equipment in self.raw_config["equipment"]:
+            if equipment["id"] in power_only_steps:  # attribute the power register, not the counter
+                equipment["meters"] = [{"meter": equipment["meters"][0], "point": "power"}]
+        self.opcua: OpcUaMachineServer | None = None
+        if opcua_steps:
+            self._move_to_opcua(opcua_steps, interval_s)
+        self.config_path = write_config(self.raw_config, folder / "plant.yaml")
+        self.config: AgentConfig = parse_config(self.raw_config, folder)
+        self.agent: Agent | None = None
+        self._echo = echo
+        self.consumer: RecordSubscriber | None = None
+        self.mes: MesPublisher | None = None
+
+    def _move_to_opcua(self, equipment_ids: tuple[str, ...], interval_s: float) -> None:
+        """Serve these steps' machines from an OPC UA controller instead of a Modbus meter."""
+        moved = {step.meter_id: step for step in self.steps if step.equipment_id in equipment_ids}
+        machines = {
+            step.equipment_id: self.plant.meters[meter].machine for meter, step in moved.items()
+        }
+        self.opcua = OpcUaMachineServer(machines, tick_s=0.05)
+        states = {0: "off", 1: "idle", 2: "running", 3: "setup", 4: "fault"}
+        for index, meter in enumerate(self.raw_config["meters"]):
+            step = moved.get(meter["id"])
+            if step is None:
+                continue
+            node = f"nsu={OPCUA_NAMESPACE};s={step.equipment_id}"
+            self.raw_config["meters"][index] = {
+                "id": meter["id"],
+                "protocol": "opcua",
+                "endpoint": "machine-controllers",
+                "points": {
+                    "energy": {"node": f"{node}.EnergyTotal", "unit": "kWh", "role": "energy"},
+                    "power": {"node": f"{node}.ActivePower", "unit": "kW", "role": "power"},
+                    "state": {"node": f"{node}.State", "role": "state", "states": states},
+                },
+            }
+        self.raw_config["opcua_endpoints"] = [
+            {
+                "id": "machine-controllers",
+                "url": self.opcua.url,
+                "mode": "subscribe",
+                "interval_s": interval_s,
+            }
+        ]
+
+    async def __aenter__(self) -> PlantHarness:
+        await self.plant.start()
+        if self.opcua is not None:
+            await self.opcua.start()
+        mqtt = self.config.mqtt
+        prefix = f"{mqtt.topic_prefix}/{self.config.site.id}"
+        self.consumer = RecordSubscriber(mqtt.host, mqtt.port, f"{prefix}/#", echo=self._echo)
+        self.mes = MesPublisher(mqtt.host, mqtt.port, mes_topic(self.config))
+        await self.start_agent()
+        # Production starts once the agent has polled every meter (as on a real floor, where
+        # the agent runs long before the first order of the day).
+        await asyncio.sleep(1.5 * max(meter.interval_s for meter in self.config.meters))
+        return self
+
+    async def start_agent(self) -> Agent:
+        self.agent = Agent(self.config)
+        await self.agent.start()
+        await asyncio.wait_for(self.agent.intake.link.connected.wait(), 10)  # type: ignore[union-attr]
+        return self.agent
+
+    async def stop_agent(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop_agent()
+        if self.mes is not None:
+            self.mes.close()
+        if self.consumer is not None:
+            self.consumer.close()
+        if self.opcua is not None:
+            await self.opcua.stop()
+        await self.plant.stop()
+
+    @property
+    def machines(self) -> dict[str, Any]:
+        return {meter_id: meter.machine for meter_id, meter in self.plant.meters.items()}
+
+    async def run_plan(
+        self, lots: Sequence[LotPlan], step_s: float, *, pause_on: str | None = None
+    ) -> list[TrueOrder]:
+        assert self.mes is not None
+        return await run_plan(
+            self.machines, self.mes, lots, steps=self.steps, step_s=step_s, pause_on=pause_on
+        )
+
+
+async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    local: LocalMosquitto | None = None
+    if broker:
+        host, _, port = broker.partition(":")
+        host, port_number = host or "127.0.0.1", int(port or 1883)
+    else:
+        local = LocalMosquitto(folder=output / "mosquitto")
+        (output / "mosquitto").mkdir()
+        local.start()
+        host, port_number = local.host, local.port
+    print(f"broker {host}:{port_number}; data in {output}/ ; running {duration_s:g} s")
+    step_s = 4.0
+    # One lot takes every step (+ a pause in painting); the next lot follows one step behind.
+    lot_seconds = len(ENCLOSURE_LINE) * (step_s + 0.3) + step_s / 2
+    stagger_s = step_s * 1.5 + 0.5
+    lot_count = max(1, int((duration_s - lot_seconds - 5.0) / stagger_s) + 1)
+    try:
+        # The welding robot reports over OPC UA (its controller), the others over Modbus meters.
+        async with PlantHarness(
+            output, host, port_number, echo=True, opcua_steps=("welding-robot",)
+        ) as harness:
+            print(f"{len(harness.plant.meters)} simulated meters, {lot_count} lots planned\n")
+            print(
+                "kind  lot        step                  energy       CO2e          per unit      quality"
+            )
+            plan = asyncio.create_task(
+                harness.run_plan(demo_lots(lot_count), step_s, pause_on="paint-booth")
+            )
+            done, _ = await asyncio.wait({plan}, timeout=duration_s)
+            if not done:
+                print("duration reached: stopping the MES (orders still open stay open)")
+                plan.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await plan
+            else:
+                truth = plan.result()
+                assert harness.consumer is not None
+                await harness.consumer.wait_for(len(truth), lot_count, timeout_s=15)
+                _print_truth(truth, harness.consumer.latest("order"))
+    finally:
+        if local is not None:
+            local.stop()
+    print(f"\ninspect: .venv/bin/edge-agent lots -c {output}/plant.yaml")
+    return 0
+
+
+def _print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> None:
+    by_order = {r["order_id"]: r for r in records.values()}
+    errors = []
+    for order in truth:
+        record = by_order.get(order.order_id)
+        if record is not None and order.true_kwh > 0:
+            errors.append(abs(record["energy_kwh"] - order.true_kwh) / order.true_kwh)
+    if errors:
+        print(
+            f"\n{len(errors)} order records vs the simulator's ground truth: "
+            f"median error {sorted(errors)[len(errors) // 2]:.3%}, worst {max(errors):.3%}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the edge-agent demo plant")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    parser.add_argument("--output", default="demo-output", help="folder for config and database")
+    parser.add_argument("--broker", default=None, help="host:port of an existing broker")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # asyncua warns about every unencrypted session; the demo's controller is on loopback.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_demo(args.duration, Path(args.output), args.broker))
+    return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
