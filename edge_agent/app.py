@@ -23,6 +23,7 @@ from edge_agent.mes.intake import MesIntake
 from edge_agent.publish.drainer import OutboxPublisher
 from edge_agent.sources.base import Source, build_sources
 from edge_agent.store import Store, open_store
+from edge_agent.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,7 @@ class Agent:
     async def stop(self) -> None:
         if self.intake is not None:
             await self.intake.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in self._tasks))
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.close()

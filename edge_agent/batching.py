@@ -10,12 +10,12 @@ in memory up to ``max_pending``; beyond that the *oldest raw samples* are droppe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from edge_agent.domain import Sample
+from edge_agent.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class SampleBatcher:
     async def run(self) -> None:
         """Write batches until cancelled; on cancellation, the caller runs :meth:`flush`."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._max_delay_s)
+            await wait_event(self._wakeup, self._max_delay_s)
             self._wakeup.clear()
             await self.flush()
 

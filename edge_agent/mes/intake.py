@@ -22,6 +22,7 @@ from edge_agent.errors import EventRejected
 from edge_agent.mes.events import OrderEvent, parse_event
 from edge_agent.publish.link import ConnectionLost, MqttLink, Received
 from edge_agent.publish.topics import dead_letter_topic, mes_topic
+from edge_agent.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ class MesIntake:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         await self.link.stop()
 
     async def _consume(self) -> None:
@@ -125,6 +124,7 @@ class MesIntake:
                 }
             ).encode()
             try:
-                await asyncio.wait_for(self.link.publish(self._dead_letter, letter), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self.link.publish(self._dead_letter, letter)
             except (ConnectionLost, TimeoutError) as exc:
                 log.warning("dead-letter publish failed: %s", exc)

@@ -8,7 +8,6 @@ A retained status message says ``online``; the Last Will turns it ``offline`` if
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -20,6 +19,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.publish.link import ConnectionLost, MqttLink
 from edge_agent.publish.topics import status_topic
 from edge_agent.store import OutboxRow
+from edge_agent.tasks import stop_task, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class OutboxPublisher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         await self._flush_acks()
         await self.link.stop(final=(self._status_topic, status_payload(self._config, "offline")))
 
@@ -94,8 +92,7 @@ class OutboxPublisher:
             rows = await self._outbox.unsent(limit=500, after_seq=after_seq)
             if not rows:
                 await self._flush_acks()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
+                await wait_event(self._wake, _IDLE_POLL_S)
                 after_seq = 0  # rescan: a failed publish may have left an older row unsent
                 continue
             tasks = []

@@ -114,7 +114,8 @@ class MqttLink:
         """Disconnect cleanly; ``final`` is published (retained, QoS 1) first if connected."""
         if final is not None and self.connected.is_set():
             with contextlib.suppress(ConnectionLost, TimeoutError):
-                await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.publish(final[0], final[1], retain=True)
         await asyncio.to_thread(self._client.disconnect)
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending("link stopped")

@@ -36,6 +36,7 @@ from edge_agent.errors import DecodeError
 from edge_agent.sources.base import SampleSink
 from edge_agent.sources.modbus.decode import decode_bits, decode_registers
 from edge_agent.sources.modbus.plan import ReadBlock, extract, plan_reads
+from edge_agent.tasks import raise_if_cancelling
 
 __all__ = [
     "MAX_BACKOFF_S",
@@ -166,7 +167,9 @@ class ModbusConnection:
                 state = min(self._meters.values(), key=_due_s)
                 await self._clock.sleep_until(_due_s(state))
                 self._advance_deadline(state, self._clock.monotonic_s())
-                sink(await self._read_meters([state], force_connect=False))
+                samples = await self._read_meters([state], force_connect=False)
+                raise_if_cancelling()  # pymodbus awaits replies through wait_for
+                sink(samples)
         finally:
             await self.close()
 
@@ -393,7 +396,8 @@ class ModbusConnection:
         self._drop_client()
         client = self._new_client()
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout=self._connect_timeout_s + 1.0)
+            async with asyncio.timeout(self._connect_timeout_s + 1.0):
+                ok = await client.connect()
         except (TimeoutError, OSError, ModbusException):
             ok = False
         if not ok:

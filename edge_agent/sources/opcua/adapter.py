@@ -44,6 +44,7 @@ from edge_agent.sources.opcua.security import (
     thumbprint,
     verify_server_certificate,
 )
+from edge_agent.tasks import raise_if_cancelling
 
 __all__ = ["OpcUaEndpointSource", "build_opcua_sources", "probe_endpoint"]
 
@@ -124,16 +125,11 @@ class OpcUaEndpointSource:
     async def run(self, sink: SampleSink) -> None:
         interval = self.endpoint.interval_s
         deadline = self._clock.monotonic_s()
-        task = asyncio.current_task()
         try:
             while True:
                 await self._clock.sleep_until(deadline)
                 samples = await self._tick()
-                # Python 3.11's asyncio.wait_for (used inside asyncua) can lose a cancellation
-                # that arrives as its inner call completes (CPython gh-86296); the request is
-                # still counted on the task, so honour it here instead of polling forever.
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError
+                raise_if_cancelling()  # asyncua awaits replies through wait_for
                 if samples:
                     sink(samples)
                 deadline += interval
