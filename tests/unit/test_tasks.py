@@ -79,7 +79,9 @@ async def test_stop_task_gives_up_after_grace_and_logs(caplog: pytest.LogCapture
     await task
 
 
-async def test_stop_task_logs_a_failure_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stop_task_logs_a_failure_instead_of_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def fails() -> None:
         raise RuntimeError("boom")
 
