@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -307,28 +307,10 @@ async def run_plan(
     orders on one machine at once. Otherwise a lot starts when the previous one completed.
     ``machines`` maps meter id to the machine that meter measures."""
     clock = clock or SystemClock()
-    if not concurrent:
-        sequential: list[TrueOrder] = []
-        for lot in lots:
-            sequential += await run_lot(
-                machines,
-                publisher,
-                clock,
-                lot,
-                steps,
-                step_s,
-                gap_s=gap_s,
-                pause_on=pause_on,
-                utc_offset=utc_offset,
-            )
-        return sequential
     locks = {step.equipment_id: asyncio.Lock() for step in steps}
-    # Lot k+1 enters the line one step-time after lot k (a pause makes a step longer).
-    stagger = step_s * (1.5 if pause_on else 1.0) + gap_s
 
-    async def delayed(index: int, lot: LotPlan) -> list[TrueOrder]:
-        await _wait(clock, index * stagger)
-        return await run_lot(
+    def lot_run(lot: LotPlan) -> Awaitable[list[TrueOrder]]:
+        return run_lot(
             machines,
             publisher,
             clock,
@@ -340,6 +322,18 @@ async def run_plan(
             utc_offset=utc_offset,
             equipment_locks=locks,
         )
+
+    if not concurrent:
+        sequential: list[TrueOrder] = []
+        for lot in lots:
+            sequential += await lot_run(lot)
+        return sequential
+    # Lot k+1 enters the line one step-time after lot k (a pause makes a step longer).
+    stagger = step_s * (1.5 if pause_on else 1.0) + gap_s
+
+    async def delayed(index: int, lot: LotPlan) -> list[TrueOrder]:
+        await _wait(clock, index * stagger)
+        return await lot_run(lot)
 
     results = await asyncio.gather(*(delayed(i, lot) for i, lot in enumerate(lots)))
     return [order for lot_orders in results for order in lot_orders]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,9 +79,10 @@ class _BlockFailed(Exception):
         self.reconnect = reconnect
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionStats:
-    """Counters of one connection since it was built (a snapshot; see ``ModbusConnection.stats``).
+    """Counters of one connection since it was built (``ModbusConnection.stats`` hands out a
+    copy, so a snapshot does not move while it is read).
 
     ``polls`` counts meter reads (scheduled and ``read_now``), ``failures`` the reads in which no
     point answered, ``skipped_ticks`` the scheduled ticks dropped because the connection was
@@ -88,15 +90,6 @@ class ConnectionStats:
     (re)connections, ``last_latency_s`` the duration of the last meter read.
     """
 
-    polls: int = 0
-    failures: int = 0
-    skipped_ticks: int = 0
-    reconnects: int = 0
-    last_latency_s: float = 0.0
-
-
-@dataclass(slots=True)
-class _Counters:
     polls: int = 0
     failures: int = 0
     skipped_ticks: int = 0
@@ -137,7 +130,7 @@ class ModbusConnection:
         self._next_connect_s = 0.0
         self._connect_timeout_s = max(meter.timeout_s for meter in meters)
         self._rx_during_request = False
-        self._counters = _Counters()
+        self._counters = ConnectionStats()
 
     @property
     def key(self) -> str:
@@ -149,8 +142,7 @@ class ModbusConnection:
 
     @property
     def stats(self) -> ConnectionStats:
-        c = self._counters
-        return ConnectionStats(c.polls, c.failures, c.skipped_ticks, c.reconnects, c.last_latency_s)
+        return dataclasses.replace(self._counters)
 
     def meter_available(self, meter_id: str) -> bool:
         """False from the read in which a meter stopped answering until one in which it answers."""
