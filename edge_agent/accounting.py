@@ -5,9 +5,10 @@ The engine loads; this module converts units, picks the right points and calls t
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.attribution.allocation import allocate
@@ -43,6 +44,8 @@ from edge_agent.mes.timeline import OrderTimeline
 
 # Readings further apart than this many poll intervals are a communication gap.
 GAP_INTERVALS = 3.0
+# A power reading this close to a counter reading was taken in the same poll.
+SAME_POLL_NS = 250_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class OrderInputs:
     others: tuple[OrderTimeline, ...]  # orders overlapping it on the same equipment
     readings: Mapping[tuple[str, str], Sequence[Sample]]  # (meter, point) -> samples
     state_samples: tuple[Sample, ...]
+    # (meter, counter point) -> the meter's active power samples (see shaping_power_point)
+    shaping_power: Mapping[tuple[str, str], Sequence[Sample]] = field(default_factory=dict)
 
 
 def factors(config: AgentConfig) -> dict[str, Factor]:
@@ -74,6 +79,7 @@ def meter_series(
     meter_id: str,
     point_name: str,
     samples: Sequence[Sample],
+    power_samples: Sequence[Sample] = (),
 ) -> MeterSeries:
     meter = config.meter(meter_id)
     point = meter.points[point_name]
@@ -99,17 +105,39 @@ def meter_series(
             if not point.type.startswith("float")
             else 0.0
         )
+    readings = [Reading(s.ts_ns, s.value * factor) for s in samples if s.value is not None]
+    if is_counter and unit == "kWh" and power_samples:
+        readings = _with_power(readings, power_samples, meter.points)
     return MeterSeries(
         meter_id=meter_id,
         point=point_name,
         method="counter" if is_counter else "power",
-        readings=tuple(Reading(s.ts_ns, s.value * factor) for s in samples if s.value is not None),
+        readings=tuple(readings),
         unit=unit,
         max_power_kw=equipment.max_power_kw,
         gap_s=GAP_INTERVALS * interval_s + meter.timeout_s,
         modulus=modulus * factor if modulus is not None else None,
         resolution=resolution,
     )
+
+
+def _with_power(
+    readings: Sequence[Reading], power_samples: Sequence[Sample], points: Mapping[str, PointBase]
+) -> list[Reading]:
+    """Each counter reading with the power read in the same poll, where there is one."""
+    power = [(s.ts_ns, s.value * POWER_UNITS_TO_KW[points[s.point].unit])
+             for s in power_samples if s.value is not None and s.value >= 0]  # fmt: skip
+    if not power:
+        return list(readings)
+    times = [t for t, _ in power]
+    out = []
+    for reading in readings:
+        index = bisect.bisect_left(times, reading.t_ns)
+        near = [i for i in (index - 1, index) if 0 <= i < len(times)]
+        t_ns, kw = power[min(near, key=lambda i: abs(times[i] - reading.t_ns))]
+        same_poll = abs(t_ns - reading.t_ns) <= SAME_POLL_NS
+        out.append(Reading(reading.t_ns, reading.value, kw) if same_poll else reading)
+    return out
 
 
 def state_changes(inputs: OrderInputs) -> list[StateChange]:
@@ -172,7 +200,8 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     states = state_changes(inputs)
     allocations = []
     for (meter_id, point_name), samples in inputs.readings.items():
-        series = meter_series(config, equipment, meter_id, point_name, samples)
+        power = inputs.shaping_power.get((meter_id, point_name), ())
+        series = meter_series(config, equipment, meter_id, point_name, samples, power)
         allocations.append(allocate(series, spans, window, equipment.overlap_split, states))
     extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
     if final_by_timeout:

@@ -15,9 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from edge_agent.accounting import OrderInputs, build_lot, build_order
 from edge_agent.clock import Clock
-from edge_agent.config import AgentConfig, EquipmentConfig, attributed_point_name
+from edge_agent.config import (
+    AgentConfig,
+    EquipmentConfig,
+    attributed_point_name,
+    shaping_power_point,
+)
 from edge_agent.config.models import DerivedState, StateSource
-from edge_agent.domain import NS_PER_S, Sample
+from edge_agent.domain import NS_PER_S, PointRole, Sample
 from edge_agent.errors import EventRejected
 from edge_agent.mes.events import OrderEvent, parse_event
 from edge_agent.mes.timeline import OrderTimeline, replay_order
@@ -237,12 +242,19 @@ class OrderEngine:
         stop_ns = timeline.stop_ns if timeline.stop_ns is not None else now_ns
         start_ns = timeline.start_ns
         readings: dict[tuple[str, str], list[Sample]] = {}
+        shaping_power: dict[tuple[str, str], list[Sample]] = {}
+        since_ns, until_ns = start_ns - _READING_MARGIN_NS, stop_ns + _READING_MARGIN_NS
         for ref in equipment.meters:
             meter = self._config.meter(ref.meter)
             point = attributed_point_name(dict(meter.points), ref.point)
             readings[(meter.id, point)] = await self._store.readings(
-                meter.id, point, start_ns - _READING_MARGIN_NS, stop_ns + _READING_MARGIN_NS
+                meter.id, point, since_ns, until_ns
             )
+            power_point = shaping_power_point(meter.points)
+            if meter.points[point].role is PointRole.ENERGY and power_point is not None:
+                shaping_power[(meter.id, point)] = await self._store.readings(
+                    meter.id, power_point, since_ns, until_ns
+                )
         state_samples: list[Sample] = []
         state = equipment.state
         if isinstance(state, StateSource):
@@ -263,6 +275,7 @@ class OrderEngine:
             others=tuple(neighbours),
             readings=readings,
             state_samples=tuple(state_samples),
+            shaping_power=shaping_power,
         )
 
     async def _overlapping_orders(

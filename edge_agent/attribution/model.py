@@ -16,10 +16,16 @@ ELECTRICITY = "electricity"
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """A good reading: cumulative counter value in the carrier unit, or power in kW."""
+    """A good reading: cumulative counter value in the carrier unit, or power in kW.
+
+    ``power_kw``: for a kWh counter, the meter's active power read in the same poll, when it has
+    one. It tells where between two counter readings the energy was spent (see
+    series.Cumulative), which matters when a machine changes state between them.
+    """
 
     t_ns: int
     value: float
+    power_kw: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,14 @@ monotonic; power-only meters are integrated (trapezoid of piecewise-linear power
 in the core is then C(b) − C(a), which telescopes: cutting a window anywhere changes no total,
 and orders + idle always add up to the metered energy.
 
+Between two counter readings C is a straight line — unless both readings carry the meter's
+active power p0 and p1 and the counter's increment lies between p0·Δt and p1·Δt. Then the
+interval is read as one power step: p0 until a moment τ, p1 after it, with τ placed so that the
+step spends exactly the measured increment. That is what happens when a machine starts or
+stops between two polls, and it puts an order boundary's energy on the right side of the
+boundary instead of smearing the step over the poll interval. The curve still passes through
+every reading and stays monotonic, so the totals above are unchanged.
+
 Outside the readings (before the first, after the last) C is extrapolated and the energy there
 is an estimate, never measured: a counter continues with its nearest segment's average power,
 a power meter holds its nearest power reading.
@@ -87,7 +95,31 @@ class Cumulative:
             span_h = (t1 - t0) / NS_PER_HOUR
             slope = (p1 - p0) / span_h
             return c0 + p0 * dt_h + 0.5 * slope * dt_h * dt_h
+        step = self._power_step(i)
+        if step is not None:
+            p0, tau_h, p1 = step
+            dt_h = (t_ns - t0) / NS_PER_HOUR
+            if dt_h <= tau_h:
+                return c0 + p0 * dt_h
+            return c1 - p1 * (t1 - t_ns) / NS_PER_HOUR
         return c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0)
+
+    def _power_step(self, i: int) -> tuple[float, float, float] | None:
+        """(p0 kW, hours from times[i] to the step, p1 kW) when the counter segment i is
+        consistent with a single power step between its readings' powers, else None."""
+        if not self.readings or self.estimated[i]:
+            return None
+        t0, t1 = self.times[i], self.times[i + 1]
+        if t1 - t0 > self.gap_ns:
+            return None  # across a gap one step is no better a guess than a straight line
+        p0, p1 = self.readings[i].power_kw, self.readings[i + 1].power_kw
+        if p0 is None or p1 is None or p0 == p1 or min(p0, p1) < 0:
+            return None  # no power, no step, or export (the step model needs C to rise)
+        span_h = (t1 - t0) / NS_PER_HOUR
+        tau_h = (self.values[i + 1] - self.values[i] - p1 * span_h) / (p0 - p1)
+        if not 0.0 <= tau_h <= span_h:
+            return None  # more than one change, or power noise: the straight line stays
+        return p0, tau_h, p1
 
     def measured_part(self, a_ns: int, b_ns: int) -> tuple[float, int]:
         """(energy of [a, b] that is measured, nanoseconds of [a, b] backed by readings)."""

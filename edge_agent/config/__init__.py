@@ -1,6 +1,12 @@
 """Configuration: pydantic models and the YAML loader."""
 
-from edge_agent.config.loader import attributed_point_name, load_config, parse_config, read_secret
+from edge_agent.config.loader import (
+    attributed_point_name,
+    load_config,
+    parse_config,
+    read_secret,
+    shaping_power_point,
+)
 from edge_agent.config.models import (
     AgentConfig,
     EmissionFactor,
@@ -33,4 +39,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "read_secret",
+    "shaping_power_point",
 ]

@@ -197,6 +197,16 @@ def attributed_point_name(points: Mapping[str, PointBase], wanted: str | None) -
     raise LookupError("the meter has no point with role 'energy' or 'power' to attribute")
 
 
+def shaping_power_point(points: Mapping[str, PointBase]) -> str | None:
+    """The meter's total active power, read with its counter to place power steps between
+    counter readings: its only power point, or the one named ``power``; None if ambiguous
+    (per-phase powers alone would mislead)."""
+    names = sorted(name for name, point in points.items() if point.role is PointRole.POWER)
+    if len(names) == 1:
+        return names[0]
+    return "power" if "power" in names else None
+
+
 def read_secret(ref: SecretRef, what: str) -> str | None:
     """Resolve a password from its environment variable or file, at start-up."""
     if ref.password_env:

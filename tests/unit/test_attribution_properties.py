@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -37,12 +38,18 @@ def true_readings(draw: st.DrawFn, *, min_start: float = 0.0) -> list[Reading]:
     gaps = draw(st.lists(st.integers(S // 10, 60 * S), min_size=count - 1, max_size=count - 1))
     powers = draw(st.lists(st.floats(0.0, 50.0), min_size=count - 1, max_size=count - 1))
     value = draw(st.floats(min_start, 5000.0))
+    # Half the meters also report active power with each counter reading: any value, not
+    # always consistent with the counter (noise, a different moment), sometimes missing.
+    with_power = draw(st.booleans())
+    meter_powers = draw(
+        st.lists(st.one_of(st.none(), st.floats(0.0, 60.0)), min_size=count, max_size=count)
+    )
     t = 1_000 * S
-    readings = [Reading(t, value)]
-    for gap, power in zip(gaps, powers, strict=True):
+    readings = [Reading(t, value, meter_powers[0] if with_power else None)]
+    for gap, power, meter_power in zip(gaps, powers, meter_powers[1:], strict=True):
         t += gap
         value += power * gap / H
-        readings.append(Reading(t, value))
+        readings.append(Reading(t, value, meter_power if with_power else None))
     return readings
 
 
@@ -183,9 +190,9 @@ def test_invariance_under_counter_rollover(data: st.DataObject, modulus: float) 
     assume(values[-1] - values[0] > 1e-6)
     # Place the series so that the counter crosses its modulus somewhere in the middle.
     shift = modulus - values[0] - (values[-1] - values[0]) * data.draw(st.floats(0.05, 0.95))
-    plain = counter([Reading(r.t_ns, r.value + shift) for r in readings])
+    plain = counter([replace(r, value=r.value + shift) for r in readings])
     wrapped = counter(
-        [Reading(r.t_ns, math.fmod(r.value, modulus)) for r in plain.readings], modulus
+        [replace(r, value=math.fmod(r.value, modulus)) for r in plain.readings], modulus
     )
     first, last = plain.readings[0].t_ns, plain.readings[-1].t_ns
     window = Interval(first, last)
@@ -215,7 +222,7 @@ def test_reset_loses_at_most_the_reset_interval_and_is_flagged(
     at_reset = before.value + (after.value - before.value) * (t_reset - before.t_ns) / (
         after.t_ns - before.t_ns
     )
-    observed = readings[:k] + [Reading(r.t_ns, r.value - at_reset) for r in readings[k:]]
+    observed = readings[:k] + [replace(r, value=r.value - at_reset) for r in readings[k:]]
     window = Interval(readings[0].t_ns, readings[-1].t_ns)
     result = allocate(counter(observed), [], window)
     true_total = readings[-1].value - readings[0].value
@@ -291,3 +298,62 @@ def test_quantity_split_without_quantities_falls_back_to_equal_and_says_so() -> 
     assert math.isclose(result.orders["a"].energy, 0.05)
     assert math.isclose(result.orders["b"].energy, 0.05)
     assert {f.code for f in result.orders["a"].flags} == {"overlap_split", "split_equal_fallback"}
+
+
+@st.composite
+def stepping_machine(draw: st.DrawFn) -> tuple[list[Reading], list[tuple[int, float]]]:
+    """A machine whose power steps at most once between two polls (start, stop, state change),
+    polled with its counter and its power. Returns the readings and the true steps (t, kW)."""
+    count = draw(st.integers(2, 30))
+    polls = draw(st.lists(st.integers(S // 10, 20 * S), min_size=count - 1, max_size=count - 1))
+    levels = draw(st.lists(st.floats(0.0, 50.0), min_size=count, max_size=count))
+    fractions = draw(st.lists(st.floats(0.0, 1.0), min_size=count - 1, max_size=count - 1))
+    t, value = 1_000 * S, draw(st.floats(0.0, 5000.0))
+    readings = [Reading(t, value, levels[0])]
+    steps = [(t, levels[0])]
+    for poll, fraction, before, after in zip(polls, fractions, levels, levels[1:], strict=False):
+        at = t + int(poll * fraction)
+        value += (before * (at - t) + after * (t + poll - at)) / H
+        t += poll
+        steps.append((at, after))
+        readings.append(Reading(t, value, after))
+    return readings, steps
+
+
+def true_counter(readings: list[Reading], steps: list[tuple[int, float]], t_ns: int) -> float:
+    value, level, since = readings[0].value, steps[0][1], readings[0].t_ns
+    for at, after in steps[1:]:
+        if at >= t_ns:
+            break
+        value += level * (at - since) / H
+        level, since = after, at
+    return value + level * (t_ns - since) / H
+
+
+@settings(max_examples=200, deadline=None)
+@given(stepping_machine(), st.data())
+def test_a_power_step_between_polls_is_placed_exactly(
+    machine: tuple[list[Reading], list[tuple[int, float]]], data: st.DataObject
+) -> None:
+    """With the meter's power read alongside its counter, a boundary inside a poll interval
+    gets the energy before and after the machine's step right — not a straight line."""
+    readings, steps = machine
+    curve = cumulative(counter(readings))
+    first, last = readings[0].t_ns, readings[-1].t_ns
+    a = data.draw(st.integers(first, last))
+    b = data.draw(st.integers(a, last))
+    exact = true_counter(readings, steps, b) - true_counter(readings, steps, a)
+    assert math.isclose(curve.at(b) - curve.at(a), exact, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_a_counter_without_power_stays_a_straight_line_between_readings() -> None:
+    """The step model needs both readings' power; a step the counter cannot have made (its
+    increment outside p0·Δt..p1·Δt) falls back to the straight line too."""
+    plain = cumulative(counter([Reading(0, 0.0), Reading(10 * S, 0.1)]))
+    assert math.isclose(plain.at(5 * S), 0.05)
+    inconsistent = cumulative(counter([Reading(0, 0.0, 1.0), Reading(10 * S, 0.1, 2.0)]))
+    assert math.isclose(inconsistent.at(5 * S), 0.05)  # 36 kW average is not between 1 and 2
+    # consistent: 0 kW, then 72 kW for the last 5 s → 0.1 kWh; the step is at 5 s
+    step = cumulative(counter([Reading(0, 0.0, 0.0), Reading(10 * S, 0.1, 72.0)]))
+    assert math.isclose(step.at(5 * S), 0.0, abs_tol=1e-12)
+    assert math.isclose(step.at(7 * S), 0.04)
