@@ -31,12 +31,14 @@ async def run(lots: int, step_s: float) -> None:
             assert consumer is not None
             await consumer.wait_for(len(truth), lots, timeout_s=30)
             records = {r["order_id"]: r for r in consumer.latest("order").values()}
-            latencies, errors = [], []
+            latencies, errors, worst = [], [], ("", 0.0)
             for order in truth:
                 record = records[order.order_id]
                 arrived = consumer.received_at[f"{record['record_id']}#{record['revision']}"]
                 latencies.append(arrived - order.stop_ns / 1e9)
                 errors.append(abs(record["energy_kwh"] - order.true_kwh) / order.true_kwh)
+                if errors[-1] > worst[1]:
+                    worst = (order.order_id, errors[-1])
     latencies.sort()
     print(f"orders: {len(truth)} in {lots} lots, {step_s:g} s per step, 1 s polling")
     print(
@@ -46,7 +48,7 @@ async def run(lots: int, step_s: float) -> None:
     )
     print(
         f"kWh error vs ground truth: median {statistics.median(errors):.3%}, "
-        f"worst {max(errors):.3%}"
+        f"worst {max(errors):.3%} ({worst[0]})"
     )
 
 
