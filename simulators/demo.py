@@ -294,15 +294,18 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
 
 def _print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> None:
     by_order = {r["order_id"]: r for r in records.values()}
-    errors = []
+    errors: list[tuple[float, str]] = []
     for order in truth:
         record = by_order.get(order.order_id)
         if record is not None and order.true_kwh > 0:
-            errors.append(abs(record["energy_kwh"] - order.true_kwh) / order.true_kwh)
+            error = abs(record["energy_kwh"] - order.true_kwh) / order.true_kwh
+            errors.append((error, order.order_id))
     if errors:
+        errors.sort()
+        worst, worst_order = errors[-1]
         print(
             f"\n{len(errors)} order records vs the simulator's ground truth: "
-            f"median error {sorted(errors)[len(errors) // 2]:.3%}, worst {max(errors):.3%}"
+            f"median error {errors[len(errors) // 2][0]:.3%}, worst {worst:.3%} ({worst_order})"
         )
 
 

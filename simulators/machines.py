@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -69,6 +70,9 @@ class SimulatedMachine:
         self._states: list[str] = [state]
         self._log: TextIO | None = truth_log.open("a", encoding="utf-8") if truth_log else None
         self._write_log(0)
+        # Called with the instant of every state change: a controller that exposes the machine
+        # (the OPC UA simulator) updates its variables then, as a PLC does on its next scan.
+        self.on_state_change: Callable[[int], None] | None = None
 
     # -- ground truth -----------------------------------------------------------------------
 
@@ -118,6 +122,8 @@ class SimulatedMachine:
         self._advance(t_ns)
         self._state = state
         self._append(t_ns, self._power(state, self._grid_index(t_ns)))
+        if self.on_state_change is not None:
+            self.on_state_change(t_ns)
         return t_ns
 
     def close(self) -> None:

@@ -101,6 +101,8 @@ class OpcUaMachineServer:
         # One snapshot at a time: a tick's writes interleaved with a state change's would leave
         # an older value on a node after a newer one.
         self._publishing = asyncio.Lock()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._published_ns = 0
         self.namespace_index = 0
 
     async def start(self) -> None:
@@ -147,8 +149,20 @@ class OpcUaMachineServer:
         self._server = server
         await self.publish_values()
         self._ticker = asyncio.create_task(self._tick())
+        for machine in self.machines.values():
+            machine.on_state_change = self._state_changed
+
+    def _state_changed(self, t_ns: int) -> None:
+        """A state change set on the machine directly: publish its snapshot right away."""
+        task = asyncio.get_running_loop().create_task(self.publish_values(t_ns))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def stop(self) -> None:
+        for machine in self.machines.values():
+            machine.on_state_change = None
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,9 +188,12 @@ class OpcUaMachineServer:
             await self._publish(t_ns)
 
     async def _publish(self, t_ns: int | None) -> None:
+        if t_ns is not None and t_ns < self._published_ns:
+            return  # a newer snapshot (which includes this change) is already on the nodes
         for name, nodes in self._nodes.items():
             machine = self.machines[name]
             at = t_ns if t_ns is not None else machine.clock.now_ns() // 1_000 * 1_000
+            self._published_ns = max(self._published_ns, at)
             stamp = datetime.fromtimestamp(at / 1e9, tz=UTC)
             values = {
                 "State": ua.Variant(STATE_CODES[machine.state_at(at)], ua.VariantType.Int32),
