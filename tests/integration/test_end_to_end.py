@@ -192,6 +192,47 @@ async def test_events_published_while_agent_is_down_arrive_after_restart(
     assert record["energy_kwh"] == pytest.approx(truth.true_kwh, rel=0.25)
 
 
+class LateMes:
+    """An MES that reports each event ``delay_s`` after the machine changed state (a terminal
+    confirmed late): the read-on-event reading then comes that long after the boundary."""
+
+    def __init__(self, mes: Any, delay_s: float) -> None:
+        self._mes, self._delay_s = mes, delay_s
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        await asyncio.sleep(self._delay_s)
+        await self._mes.publish(event)
+
+
+async def test_a_late_event_boundary_is_placed_by_the_power_read_with_the_counter(
+    mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
+    """The meter's power, read with its counter, says where inside the interval the machine
+    changed state, so a boundary read 200 ms late is still placed right. A straight line
+    between the readings would move about (running - idle) x 0.2 s x a/(a + 0.2 s) per
+    boundary (a: time since the poll before), ~3-4 % of this order. What remains is the
+    simulated noise: the power may step once (by up to 2 x 5 %) between the state change and
+    the read, so the bound is 2 x noise x (running + idle) x delay / order energy (~0.4 %)."""
+    delay_s, step = 0.2, ENCLOSURE_LINE[0]
+    async with PlantHarness(tmp_path, mosquitto.host, mosquitto.port) as harness:
+        machine = harness.machines[step.meter_id]
+        assert harness.mes is not None
+        late = LateMes(harness.mes, delay_s)
+        lot = LotPlan("LOT-L", "P", 6)
+        truth = await run_order(machine, late, harness.plant.clock, lot, step, 6.0)
+        consumer = harness.consumer
+        assert consumer is not None
+        assert await consumer.wait_for(orders=1, lots=0, timeout_s=20)
+    (record,) = consumer.latest("order").values()
+    validate(record)
+    levels = PROFILES[step.equipment_id].power_kw
+    noise = PROFILES[step.equipment_id].noise
+    bound = 2 * noise * (levels["running"] + levels["idle"]) * delay_s / 3600 / truth.true_kwh
+    error = abs(record["energy_kwh"] - truth.true_kwh) / truth.true_kwh
+    print(f"boundaries read {delay_s * 1000:.0f} ms late: error {error:.3%} (bound {bound:.2%})")
+    assert error < bound
+
+
 # Power-only meters integrate the polled instantaneous power (trapezoid between readings). A
 # power step at an order boundary is spread linearly between the poll before it and the read-on-
 # event reading after it, so each boundary can misplace up to dP x poll interval / 2; plus the

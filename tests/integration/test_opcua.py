@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import Client
 
 from edge_agent.clock import SystemClock
 from edge_agent.config import parse_config
@@ -311,3 +312,21 @@ async def test_policy_not_offered_is_a_security_error(
         "security policy Basic256Sha256/SignAndEncrypt not offered by the server "
         "(offers: None/None)"
     )
+
+
+async def test_simulator_shows_a_state_change_at_once_with_its_instant() -> None:
+    """A machine switched directly (as the MES simulator does) is on the OPC UA nodes at once,
+    stamped with the change's instant — not only at the next tick — so a read-on-event after
+    the MES event sees the new state and the counter exact at the boundary."""
+    sim = OpcUaMachineServer(machines_for([MACHINE]), tick_s=30.0)  # no tick during the test
+    async with sim, Client(sim.url) as client:
+        machine = sim.machines[MACHINE]
+        changed_ns = machine.set_state("running", machine.clock.now_ns() // 1_000 * 1_000)
+        await asyncio.sleep(0.05)  # the write is scheduled, not awaited by set_state
+        idx = sim.namespace_index
+        state = await client.get_node(f"ns={idx};s={MACHINE}.State").read_data_value()
+        energy = await client.get_node(f"ns={idx};s={MACHINE}.EnergyTotal").read_data_value()
+    assert state.Value.Value == 2  # running
+    assert state.SourceTimestamp is not None
+    assert round(state.SourceTimestamp.timestamp() * 1e6) * 1_000 == changed_ns
+    assert energy.Value.Value == pytest.approx(machine.energy_kwh_at(changed_ns), abs=1e-9)
