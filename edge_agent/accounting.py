@@ -44,6 +44,7 @@ from edge_agent.mes.timeline import OrderTimeline
 
 # Readings further apart than this many poll intervals are a communication gap.
 GAP_INTERVALS = 3.0
+CANCELLED = "order_cancelled"
 # A power reading this close to a counter reading was taken in the same poll.
 SAME_POLL_NS = 250_000_000
 
@@ -204,6 +205,22 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
         series = meter_series(config, equipment, meter_id, point_name, samples, power)
         allocations.append(allocate(series, spans, window, equipment.overlap_split, states))
     extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
+    extra += [Flag("order_event_corrected", note) for note in timeline.corrections]
+    if timeline.cancelled:
+        extra.append(
+            Flag(CANCELLED, "the MES cancelled this order: it is no step of its lot, its time "
+                 "and energy belong to no order")
+        )  # fmt: skip
+    if timeline.auto_closed:
+        extra.append(
+            Flag(
+                "auto_closed",
+                f"no stop within {equipment.max_order_duration_s:g} s "
+                "(equipment max_order_duration_s): closed at its last event; a later stop "
+                "corrects it",
+                timeline.end_ns,
+            )
+        )
     if final_by_timeout:
         extra.append(
             Flag(
@@ -227,6 +244,10 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     return build_order_record(
         facts, allocations, factors(config), equipment.carrier, revision=revision, extra_flags=extra
     )
+
+
+def is_cancelled(record: Mapping[str, Any]) -> bool:
+    return any(flag.get("code") == CANCELLED for flag in record.get("flags", ()))
 
 
 def build_lot(

@@ -28,6 +28,7 @@ from edge_agent.tasks import stop_task
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_INTERVAL_S = 60.0
+_STALE_CHECK_S = 5
 
 
 class Agent:
@@ -71,7 +72,7 @@ class Agent:
         for source in self.sources:
             self._spawn(source.run(self.batcher.put), f"source {source.key}")
         self._spawn(self._housekeeping(), "housekeeping")
-        self.intake = MesIntake(config, self.engine.handle_event, on_rejected=store.count_rejected)
+        self.intake = MesIntake(config, self.engine, probe=store.probe_write, clock=self.clock)
         await self.intake.start()
         log.info(
             "edge-agent running: site %s, %d meters on %d connections, %d equipment",
@@ -113,7 +114,7 @@ class Agent:
             self.engine.request_finalise()
 
     async def _housekeeping(self) -> None:
-        """Order timeouts, sample retention and the disk budget."""
+        """Order timeouts, stale orders, sample retention and the disk budget."""
         assert self.store is not None
         assert self.engine is not None
         retention_ns = int(self.config.store.retention_days * 86400 * NS_PER_S)
@@ -124,6 +125,8 @@ class Agent:
             tick += 1
             if any(self.engine.pending):
                 self.engine.request_finalise()  # orders whose timeout passed
+            if tick % _STALE_CHECK_S == 0:
+                await self.engine.close_stale()  # orders open past max_order_duration_s
             if tick % int(_HOUSEKEEPING_INTERVAL_S) == 0:
                 pruned = await self.store.prune_samples(self.clock.now_ns() - retention_ns)
                 if pruned:

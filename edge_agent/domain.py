@@ -69,6 +69,11 @@ def ns_from_datetime(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1_000
 
 
+def ns_from_iso(text: str) -> int:
+    """Inverse of :func:`iso_from_ns` (any RFC 3339 timestamp with offset or ``Z``)."""
+    return ns_from_datetime(datetime.fromisoformat(text))
+
+
 def datetime_from_ns(ts_ns: int) -> datetime:
     seconds, rest = divmod(ts_ns, NS_PER_S)
     return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=rest // 1_000)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-from edge_agent.accounting import OrderInputs, build_lot, build_order
+from edge_agent.accounting import OrderInputs, build_lot, build_order, is_cancelled
 from edge_agent.clock import Clock
 from edge_agent.config import (
     AgentConfig,
@@ -22,12 +25,12 @@ from edge_agent.config import (
     shaping_power_point,
 )
 from edge_agent.config.models import DerivedState, StateSource
-from edge_agent.domain import NS_PER_S, PointRole, Sample
+from edge_agent.domain import NS_PER_S, PointRole, Sample, iso_from_ns, ns_from_iso
 from edge_agent.errors import EventRejected
-from edge_agent.mes.events import OrderEvent, parse_event
+from edge_agent.mes.events import ORDER_EVENT_TYPES, OrderEvent, parse_event
 from edge_agent.mes.timeline import OrderTimeline, replay_order
 from edge_agent.publish.topics import lot_topic, order_topic
-from edge_agent.store import OutboxRecord, Store, StoredEvent
+from edge_agent.store import IntakeCommit, OutboxRecord, Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,125 @@ ReadNow = Callable[[Sequence[str]], Awaitable[list[Sample]]]
 _READING_MARGIN_NS = 3600 * NS_PER_S
 # Orders on one equipment are looked up this far back (longest plausible order).
 _OVERLAP_LOOKBACK_NS = 7 * 86400 * NS_PER_S
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one event of a batch."""
+
+    status: Literal["accepted", "duplicate", "held", "rejected"]
+    code: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LateRejection:
+    """An event rejected after it was stored and acknowledged: a held event whose start never
+    came, or came and contradicts it. The intake dead-letters it."""
+
+    event_id: str
+    code: str
+    reason: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outcomes: list[Outcome]  # one per event, in order
+    late: list[LateRejection]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    stored: StoredEvent
+    event: OrderEvent
+    batch_index: int | None  # its slot in this batch, None when stored by an earlier one
+
+
+@dataclass(slots=True)
+class _Admission:
+    """A batch being judged: outcomes, the rows to store, rejections to count."""
+
+    now_ns: int
+    counts: Counter[str]
+    outcomes: list[Outcome] = field(default_factory=list)
+    slots: list[StoredEvent | None] = field(default_factory=list)
+    slot_of: list[int | None] = field(default_factory=list)  # per outcome
+    released: set[str] = field(default_factory=set)
+    late: list[LateRejection] = field(default_factory=list)
+
+    def add(self, outcome: Outcome, stored: StoredEvent | None) -> int:
+        self.outcomes.append(outcome)
+        if stored is None:
+            self.slot_of.append(None)
+            return -1
+        self.slots.append(stored)
+        self.slot_of.append(len(self.slots) - 1)
+        return len(self.slots) - 1
+
+    def _outcome_index(self, slot: int) -> int:
+        return self.slot_of.index(slot)
+
+    def unhold(self, slot: int) -> None:
+        stored = self.slots[slot]
+        assert stored is not None
+        self.slots[slot] = replace(stored, held_until_ns=None)
+        self.outcomes[self._outcome_index(slot)] = Outcome("accepted")
+
+    def reject(self, slot: int, exc: EventRejected) -> None:
+        index = self._outcome_index(slot)
+        self.slots[slot] = None
+        self.slot_of[index] = None
+        self.outcomes[index] = Outcome("rejected", exc.code, exc.reason)
+        self.counts[exc.code] += 1
+
+    def commit(self) -> tuple[IntakeCommit, list[int | None]]:
+        """The store's batch, and per outcome its position in it (None: nothing stored)."""
+        kept: list[StoredEvent] = []
+        position_of_slot: dict[int, int] = {}
+        for slot, stored in enumerate(self.slots):
+            if stored is not None:
+                position_of_slot[slot] = len(kept)
+                kept.append(stored)
+        positions = [position_of_slot.get(s) if s is not None else None for s in self.slot_of]
+        commit = IntakeCommit(
+            events=kept,
+            rejected=dict(self.counts),
+            released_orders=sorted(self.released),
+            dropped_held=[rejection.event_id for rejection in self.late],
+        )
+        return commit, positions
+
+
+def _stored(event: OrderEvent, now_ns: int, held_until_ns: int | None) -> StoredEvent:
+    return StoredEvent(
+        event_id=event.event_id,
+        type=event.type,
+        ts_ns=event.ts_ns,
+        order_id=event.order_id,
+        lot_id=event.lot_id,
+        equipment_id=event.equipment_id,
+        payload_json=event.raw_json,
+        received_ns=now_ns,
+        supersedes=event.supersedes,
+        held_until_ns=held_until_ns,
+    )
+
+
+def _same_numbers(published: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> bool:
+    """Whether a recomputed record says what the published one says (revision aside)."""
+    return {k: v for k, v in published.items() if k != "revision"} == {
+        k: v for k, v in rebuilt.items() if k != "revision"
+    }
+
+
+def _check_after_start(event: OrderEvent, start_ns: int) -> None:
+    if event.type in ("stop", "pause", "resume") and event.ts_ns < start_ns:
+        raise EventRejected(
+            f"{event.type} at {iso_from_ns(event.ts_ns)} is before its order's start at "
+            f"{iso_from_ns(start_ns)} (order_id {event.order_id!r})",
+            "stop_before_start" if event.type == "stop" else "before_start",
+        )
 
 
 class OrderEngine:
@@ -79,46 +201,225 @@ class OrderEngine:
 
     # -- MES events -------------------------------------------------------------------------
 
-    async def handle_event(self, event: OrderEvent) -> None:
-        """Commit one validated event; raises EventRejected for events inconsistent with state."""
-        equipment = self._equipment.get(event.equipment_id or "")
-        reading: asyncio.Task[None] | None = None
-        if event.type != "lot_complete" and equipment is not None:
-            # Read first, validate while the meters answer: the boundary reading is what matters.
-            reading = asyncio.create_task(self._read_equipment(equipment))
+    async def handle_batch(
+        self, events: Sequence[OrderEvent], rejected: Mapping[str, int] | None = None
+    ) -> BatchResult:
+        """Judge and commit a batch of parsed events in one durable transaction.
+
+        ``rejected`` counts the batch's messages that failed parsing: they are committed with
+        it. Events inconsistent with what is stored are rejected (an outcome, not an
+        exception); an exception means the batch was not committed and nothing may be
+        acknowledged.
+        """
+        reads = [
+            asyncio.create_task(self._read_equipment(self._equipment[equipment_id]))
+            for equipment_id in sorted(
+                {e.equipment_id for e in events if e.type in ORDER_EVENT_TYPES and e.equipment_id}
+            )
+            if equipment_id in self._equipment
+        ]  # read first, judge while the meters answer: the boundary reading is what matters
         try:
             async with self._lock:
-                await self._check_consistent(event)
-                stored = StoredEvent(
-                    event_id=event.event_id,
-                    type=event.type,
-                    ts_ns=event.ts_ns,
-                    order_id=event.order_id,
-                    lot_id=event.lot_id,
-                    equipment_id=event.equipment_id,
-                    payload_json=event.raw_json,
-                    received_ns=self._clock.now_ns(),
-                )
-                if not await self._store.insert_event(stored):
-                    log.info("duplicate event %s ignored", event.event_id)
-                    return
-                if event.type == "start" and event.order_id and event.equipment_id:
-                    await self._store.upsert_order_open(
-                        event.order_id, event.lot_id, event.equipment_id
-                    )
+                admission = await self._admit(events, rejected or {})
+                commit, positions = admission.commit()
+                inserted = await self._store.commit_intake(commit)
         finally:
-            if reading is not None:
-                await reading
+            if reads:
+                await asyncio.gather(*reads)
+        outcomes = list(admission.outcomes)
+        for index, position in enumerate(positions):
+            if position is not None and not inserted[position]:
+                outcomes[index] = Outcome("duplicate")
+        await self._schedule(events, outcomes, admission.released)
+        return BatchResult(outcomes, admission.late)
+
+    async def handle_event(self, event: OrderEvent) -> None:
+        """One event (tests, tools); raises EventRejected when it is rejected."""
+        result = await self.handle_batch([event])
+        outcome = result.outcomes[0]
+        if outcome.status == "rejected":
+            raise EventRejected(outcome.reason, outcome.code)
+
+    async def _admit(
+        self, events: Sequence[OrderEvent], parse_rejected: Mapping[str, int]
+    ) -> _Admission:
+        now_ns = self._clock.now_ns()
+        hold_until = now_ns + int(self._config.mes.hold_without_start_s * NS_PER_S)
+        admission = _Admission(now_ns=now_ns, counts=Counter(parse_rejected))
+        existing = await self._store.existing_event_ids([e.event_id for e in events])
+        history: dict[str, list[OrderEvent]] = {}  # per order: stored + this batch, as received
+        held: dict[str, list[_Held]] = {}  # per order: held events, stored or from this batch
+        for event in events:
+            if event.event_id in existing:
+                admission.add(Outcome("duplicate"), None)
+                continue
+            existing.add(event.event_id)
+            try:
+                verdict = await self._judge(event, history, held, admission)
+            except EventRejected as exc:
+                admission.counts[exc.code] += 1
+                admission.add(Outcome("rejected", exc.code, exc.reason), None)
+                continue
+            stored = _stored(event, now_ns, hold_until if verdict == "held" else None)
+            index = admission.add(Outcome(verdict), stored)
+            if event.order_id is not None and event.type != "lot_complete":
+                if verdict == "held":
+                    held[event.order_id].append(_Held(stored, event, index))
+                else:
+                    history[event.order_id].append(event)
+        for rejection in admission.late:
+            admission.counts[rejection.code] += 1
+        return admission
+
+    async def _judge(
+        self,
+        event: OrderEvent,
+        history: dict[str, list[OrderEvent]],
+        held: dict[str, list[_Held]],
+        admission: _Admission,
+    ) -> Literal["accepted", "held"]:
+        """Accepted or held; raises EventRejected with the reason."""
         if event.type == "lot_complete":
-            self._pending_lots.add(event.lot_id)
-        elif event.order_id is not None:
-            status = await self._store.order_status(event.order_id)
-            if event.type == "stop" or (status is not None and status.status == "final"):
-                # A late pause/resume/stop for a final order is a correction: recompute.
+            if event.supersedes is not None:
+                await self._check_supersedes(event, [])
+            return "accepted"
+        assert event.order_id is not None  # the parser requires it for order events
+        order_id = event.order_id
+        if order_id not in history:
+            history[order_id] = [
+                e for e in map(self._parse_stored, await self._store.events_for_order(order_id))
+                if e is not None
+            ]
+            held[order_id] = [
+                _Held(stored, parsed, None)
+                for stored in await self._store.held_events(order_id)
+                if (parsed := self._parse_stored(stored)) is not None
+            ]
+        known = history[order_id]
+        for other in (*known, *(h.event for h in held[order_id])):
+            if other.equipment_id != event.equipment_id:
+                raise EventRejected(
+                    f"equipment_id {event.equipment_id!r} does not match order {order_id!r}, "
+                    f"which is on {other.equipment_id!r} (to move an order, cancel it and "
+                    "start a new order id)",
+                    "equipment_mismatch",
+                )
+        if event.supersedes is not None:
+            await self._check_supersedes(event, [*known, *(h.event for h in held[order_id])])
+        before = replay_order(known, open_end_ns=admission.now_ns)
+        if event.type != "start":
+            if before is None:
+                return "held"
+            _check_after_start(event, before.start_ns)
+            return "accepted"
+        after = replay_order([*known, event], open_end_ns=admission.now_ns)
+        if after is not None and any(a.startswith("stop at") for a in after.anomalies):
+            raise EventRejected(
+                f"start at {iso_from_ns(event.ts_ns)} is after the order's stop "
+                f"at {iso_from_ns(before.stop_ns or 0) if before else '?'}",
+                "stop_before_start",
+            )
+        if held[order_id]:
+            self._release(event, held.pop(order_id), history, admission)
+            held[order_id] = []
+        return "accepted"
+
+    def _release(
+        self,
+        start: OrderEvent,
+        waiting: list[_Held],
+        history: dict[str, list[OrderEvent]],
+        admission: _Admission,
+    ) -> None:
+        """A start arrived: its held events count from now on, unless they contradict it."""
+        assert start.order_id is not None
+        for item in waiting:
+            try:
+                _check_after_start(item.event, start.ts_ns)
+            except EventRejected as exc:
+                if item.batch_index is None:
+                    admission.late.append(
+                        LateRejection(item.stored.event_id, exc.code, exc.reason, item.stored.payload_json)
+                    )
+                else:  # held in this very batch: never stored, rejected like any other
+                    admission.reject(item.batch_index, exc)
+                continue
+            if item.batch_index is None:
+                admission.released.add(start.order_id)
+            else:
+                admission.unhold(item.batch_index)
+            history[start.order_id].append(item.event)
+
+    async def _check_supersedes(self, event: OrderEvent, known: Sequence[OrderEvent]) -> None:
+        target_id = event.supersedes
+        target = next((e for e in known if e.event_id == target_id), None)
+        if target is None and target_id is not None:
+            stored = await self._store.event_by_id(target_id)
+            target = self._parse_stored(stored) if stored is not None else None
+        if target is None:
+            return  # not known (yet): it is out of force whenever it arrives
+        same = (
+            target.lot_id == event.lot_id
+            if event.type == "lot_complete"
+            else target.order_id == event.order_id
+        )
+        if not same or (target.type == "lot_complete") != (event.type == "lot_complete"):
+            what = f"lot {event.lot_id!r}" if event.type == "lot_complete" else f"order {event.order_id!r}"
+            raise EventRejected(
+                f"supersedes {target_id!r}, a {target.type} of order {target.order_id!r} "
+                f"lot {target.lot_id!r}: a correction must replace an event of the same {what}",
+                "invalid_supersedes",
+            )
+
+    async def _schedule(
+        self, events: Sequence[OrderEvent], outcomes: Sequence[Outcome], released: set[str]
+    ) -> None:
+        """Orders and lots to (re)compute after a committed batch."""
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome.status != "accepted":
+                continue
+            if event.type == "lot_complete":
+                self._pending_lots.add(event.lot_id)
+                continue
+            assert event.order_id is not None
+            if event.type in ("stop", "cancel") or event.order_id in released:
                 self._pending_orders.add(event.order_id)
-        # Finalising (attribution, records) runs in the background so that the next event's
+                continue
+            status = await self._store.order_status(event.order_id)
+            if status is not None and status.status == "final":
+                # A late pause/resume/start for a final order is a correction: recompute.
+                self._pending_orders.add(event.order_id)
+        # Finalising (attribution, records) runs in the background so that the next batch's
         # read-on-event is not queued behind it: the boundary reading is what must be fast.
         self._kick.set()
+
+    async def expire_held(self) -> list[LateRejection]:
+        """Held events whose start did not come in time: removed, counted, to be dead-lettered."""
+        async with self._lock:
+            expired = await self._store.expire_held(self._clock.now_ns(), "without_start")
+        hold_s = self._config.mes.hold_without_start_s
+        return [
+            LateRejection(
+                e.event_id,
+                "without_start",
+                f"{e.type} for order {e.order_id!r} without start: no start arrived within "
+                f"{hold_s:g} s (mes.hold_without_start_s)",
+                e.payload_json,
+            )
+            for e in expired
+        ]
+
+    async def close_stale(self) -> int:
+        """Queue open orders older than their equipment's maximum duration (auto-close)."""
+        if not self._equipment:
+            return 0
+        shortest = min(item.max_order_duration_s for item in self._equipment.values())
+        cutoff = self._clock.now_ns() - int(shortest * NS_PER_S)
+        stale = await self._store.stale_open_orders(cutoff)
+        self._pending_orders.update(stale)
+        if stale:
+            self._kick.set()
+        return len(stale)
 
     async def run_finaliser(self) -> None:
         """Finalise whenever an event or a sample batch asks for it (until cancelled)."""
@@ -129,20 +430,6 @@ class OrderEngine:
 
     def request_finalise(self) -> None:
         self._kick.set()
-
-    async def _check_consistent(self, event: OrderEvent) -> None:
-        if event.type in ("stop", "pause", "resume") and event.order_id is not None:
-            known = await self._store.events_for_order(event.order_id)
-            starts = [e for e in known if e.type == "start"]
-            if not starts:
-                raise EventRejected(
-                    f"{event.type} without start: order_id {event.order_id!r} has no start event"
-                )
-            if starts[0].equipment_id != event.equipment_id:
-                raise EventRejected(
-                    f"equipment_id {event.equipment_id!r} does not match order "
-                    f"{event.order_id!r}, which started on {starts[0].equipment_id!r}"
-                )
 
     async def _read_equipment(self, equipment: EquipmentConfig) -> None:
         meter_ids = [ref.meter for ref in equipment.meters]
@@ -159,12 +446,16 @@ class OrderEngine:
     # -- finalisation -----------------------------------------------------------------------
 
     async def finalise_ready(self) -> None:
-        """Finalise every pending order whose data is complete (or timed out), then lots."""
-        async with self._lock:
-            for order_id in sorted(self._pending_orders):
+        """Finalise every pending order whose data is complete (or timed out), then lots.
+
+        The lock is taken per order, so a long backlog never holds MES batches up for long.
+        """
+        for order_id in sorted(self._pending_orders):
+            async with self._lock:
                 if await self._try_finalise_order(order_id):
                     self._pending_orders.discard(order_id)
-            for lot_id in sorted(self._pending_lots):
+        for lot_id in sorted(self._pending_lots):
+            async with self._lock:
                 if await self._try_finalise_lot(lot_id):
                     self._pending_lots.discard(lot_id)
 
@@ -174,8 +465,13 @@ class OrderEngine:
 
     async def _timeline(self, order_id: str, now_ns: int) -> OrderTimeline | None:
         stored = await self._store.events_for_order(order_id)
-        events = [self._parse_stored(e) for e in stored]
-        return replay_order([e for e in events if e is not None], open_end_ns=now_ns)
+        events = [e for e in map(self._parse_stored, stored) if e is not None]
+        equipment = next(
+            (self._equipment[e.equipment_id] for e in events if e.equipment_id in self._equipment),
+            None,
+        )
+        max_ns = int(equipment.max_order_duration_s * NS_PER_S) if equipment else None
+        return replay_order(events, open_end_ns=now_ns, max_duration_ns=max_ns)
 
     def _parse_stored(self, stored: StoredEvent) -> OrderEvent | None:
         try:
@@ -196,12 +492,19 @@ class OrderEngine:
             return True
         complete = await self._boundary_covered(equipment, timeline.stop_ns)
         timed_out = now_ns >= timeline.stop_ns + int(equipment.final_timeout_s * NS_PER_S)
-        if not complete and not timed_out:
+        if not complete and not timed_out and not timeline.cancelled:
             return False
         inputs = await self._order_inputs(equipment, timeline, now_ns)
         status = await self._store.order_status(order_id)
+        published = await self._store.latest_record(order_id)
         revision = 1 if status is None or status.status != "final" else status.revision + 1
         record = build_order(inputs, revision=revision, final_by_timeout=not complete)
+        if published is not None and _same_numbers(published, record.to_json_dict()):
+            if status is not None and status.status != "final":
+                await self._store.mark_order_final(
+                    order_id, record.record_id, int(published["revision"]), now_ns
+                )
+            return True  # recomputed to the same record: no new revision
         topic = order_topic(self._config, equipment, timeline.lot_id)
         outbox = OutboxRecord(
             record_id=record.record_id,
@@ -217,16 +520,48 @@ class OrderEngine:
         self.records_enqueued += 1
         self._on_record()
         log.info(
-            "order %s on %s final (rev %d): %.4f kWh, %.4f kg CO2e",
+            "order %s on %s final (rev %d%s): %.4f kWh, %.4f kg CO2e",
             order_id,
             equipment.id,
             revision,
+            ", cancelled" if timeline.cancelled else ", auto-closed" if timeline.auto_closed else "",
             record.energy_kwh,
             record.co2e_kg,
         )
+        await self._recompute_neighbours(timeline, published, now_ns)
         if await self._store.lot_completed(timeline.lot_id):
             self._pending_lots.add(timeline.lot_id)
         return True
+
+    async def _recompute_neighbours(
+        self, timeline: OrderTimeline, published: Mapping[str, Any] | None, now_ns: int
+    ) -> None:
+        """Orders already final that shared the equipment with this one's old or new extent.
+
+        A correction, cancellation or auto-close changes how the equipment's energy is split;
+        their records are recomputed (a new revision only where a number changed).
+        """
+        start_ns, end_ns = timeline.start_ns, timeline.end_ns
+        if published is not None:
+            start_ns = min(start_ns, ns_from_iso(published["start"]))
+            end_ns = max(end_ns, ns_from_iso(published["end"]))
+        elif timeline.auto_closed or timeline.cancelled:
+            end_ns = now_ns  # while open it shared the equipment with everything up to now
+        else:
+            return  # a first record of an ordinary order: others already saw it as it ran
+        order_ids = await self._store.order_ids_on_equipment(
+            timeline.equipment_id, start_ns - _OVERLAP_LOOKBACK_NS, end_ns
+        )
+        for other_id in order_ids:
+            if other_id == timeline.order_id or other_id in self._pending_orders:
+                continue
+            status = await self._store.order_status(other_id)
+            if status is None or status.status != "final":
+                continue
+            other = await self._timeline(other_id, now_ns)
+            if other is not None and other.overlaps(start_ns, end_ns):
+                self._pending_orders.add(other_id)
+                self._kick.set()
 
     async def _boundary_covered(self, equipment: EquipmentConfig, stop_ns: int) -> bool:
         for ref in equipment.meters:
@@ -299,7 +634,9 @@ class OrderEngine:
         statuses = [await self._store.order_status(order_id) for order_id in order_ids]
         if any(status is None or status.status != "final" for status in statuses):
             return False  # waits for its orders; finalised when the last one is
-        records = [await self._store.latest_record(order_id) for order_id in order_ids]
+        latest = [await self._store.latest_record(order_id) for order_id in order_ids]
+        # A cancelled order is not a step of its lot.
+        records = [r for r in latest if r is not None and not is_cancelled(r)]
         completion = await self._store.lot_completion_event(lot_id)
         if completion is None:
             return True
@@ -311,10 +648,13 @@ class OrderEngine:
         record = build_lot(
             self._config,
             lot_id,
-            [r for r in records if r is not None],
+            records,
             quantity_good=completion_event.quantity_good if completion_event else None,
             revision=revision,
         )
+        published = await self._store.latest_lot_record(lot_id)
+        if published is not None and _same_numbers(published, record.to_json_dict()):
+            return True  # an order was recomputed without changing the lot
         outbox = OutboxRecord(
             record_id=record.record_id,
             revision=revision,

@@ -9,7 +9,7 @@
     │   │                      (illegal address, wrong unit id, bad node id)
     │   └── SourceSecurityError  OPC UA security policy, certificate or user rejected
     ├── DecodeError            register contents cannot be turned into a value
-    ├── EventRejected          an MES event failed validation (reason in the message)
+    ├── EventRejected          an MES event failed validation (reason and code)
     └── StoreError             the local database failed
 
 Adapters catch library exceptions and raise these ``from`` the original, so the shell never
@@ -56,7 +56,16 @@ class DecodeError(EdgeAgentError):
 
 
 class EventRejected(EdgeAgentError):
-    """An MES event is malformed or inconsistent with known state."""
+    """An MES event is malformed or inconsistent with known state.
+
+    ``code`` is short and countable (metrics, dead letters); the message names the field, the
+    bad value and what was expected.
+    """
+
+    def __init__(self, reason: str, code: str = "invalid_field") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class StoreError(EdgeAgentError):

@@ -332,6 +332,9 @@ class EquipmentConfig(StrictModel):
     # An order is final when every meter has a reading at or after its stop; after this
     # many seconds without one, the tail is estimated and flagged instead.
     final_timeout_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    # An order without a stop for this long is closed at its last event and flagged
+    # auto_closed, so a lost stop cannot take energy from every later order.
+    max_order_duration_s: Annotated[float, Field(ge=1, le=90 * 86400)] = 86400.0
 
     @field_validator("meters", mode="before")
     @classmethod
@@ -366,6 +369,24 @@ class MqttConfig(SecretRef):
     dead_letter_topic: str | None = "{prefix}/{site}/mes/dead-letter"
 
 
+class MesConfig(StrictModel):
+    """Bounds and timings of the MES intake (docs/configuration.md, section mes)."""
+
+    max_payload_bytes: Annotated[int, Field(ge=512, le=16 * 1024 * 1024)] = 64 * 1024
+    max_json_depth: Annotated[int, Field(ge=2, le=64)] = 16
+    max_id_length: Annotated[int, Field(ge=8, le=1024)] = 128  # event, order, lot, equipment
+    max_text_length: Annotated[int, Field(ge=8, le=4096)] = 128  # product_id, unit
+    max_extra_fields: Annotated[int, Field(ge=0, le=1000)] = 32
+    # ts must lie in [now - ts_max_age_s, now + ts_max_ahead_s] of the agent's clock.
+    ts_max_age_s: Annotated[float, Field(gt=0, le=3650 * 86400)] = 30 * 86400.0
+    ts_max_ahead_s: Annotated[float, Field(gt=0, le=365 * 86400)] = 86400.0
+    # A stop/pause/resume/cancel whose start is unknown waits this long for it.
+    hold_without_start_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 600.0
+    # A message whose processing fails this often while the database works is dead-lettered.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    batch_max_messages: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+
 class StoreConfig(StrictModel):
     path: Path = Path("edge-agent.db")
     retention_days: Annotated[float, Field(gt=0)] = 30.0
@@ -391,6 +412,7 @@ class AgentConfig(StrictModel):
     equipment: list[EquipmentConfig] = Field(default_factory=list)
     opcua_endpoints: list[OpcUaEndpoint] = Field(default_factory=list)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    mes: MesConfig = Field(default_factory=MesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     emission_factors: dict[Identifier, EmissionFactor] = Field(default_factory=dict)
 

@@ -3,6 +3,12 @@
 Order state is never kept as mutable rows: the engine stores every accepted event and replays
 them, sorted by their own ``ts``, whenever it needs the order. Late and out-of-order events are
 therefore placed where they happened, and a recomputation always sees the same history.
+
+Corrections (docs/contracts.md, "Correcting an event"): events are given in the order they were
+received. An event named by another's ``supersedes`` is out of force. Of the events in force,
+the last *received* ``start`` and the last received ``stop`` count (a re-sent stop with new
+numbers corrects the old one; ties never depend on how ids sort); a ``cancel`` in force voids
+the order. Pauses and resumes all count, placed by their ``ts``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 # Same-instant events are applied in the order a floor would produce them.
-_TYPE_RANK = {"start": 0, "resume": 1, "pause": 2, "stop": 3, "lot_complete": 4}
+_TYPE_RANK = {"start": 0, "resume": 1, "pause": 2, "stop": 3, "cancel": 4, "lot_complete": 5}
 
 
 class EventLike(Protocol):
@@ -36,6 +42,8 @@ class EventLike(Protocol):
     def quantity_scrap(self) -> float | None: ...
     @property
     def unit(self) -> str: ...
+    @property
+    def supersedes(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +53,27 @@ class OrderTimeline:
     equipment_id: str
     product_id: str | None
     start_ns: int
-    stop_ns: int | None  # None while the order runs
-    occupied: tuple[
-        tuple[int, int], ...
-    ]  # [start, end) pieces, pauses removed; open end = stop or now
+    stop_ns: int | None  # None while the order runs; the closing instant when auto-closed
+    # [start, end) pieces, pauses removed; open end = stop or now
+    occupied: tuple[tuple[int, int], ...]
     quantity_good: float | None
     quantity_scrap: float | None
     unit: str
     anomalies: tuple[str, ...]  # e.g. "resume without pause at ..." — become record flags
+    corrections: tuple[str, ...] = ()  # events replaced by later ones — become record flags
+    cancelled: bool = False  # a cancel is in force: the order occupied nothing
+    auto_closed: bool = False  # no stop within the equipment's maximum order duration
 
     @property
     def is_stopped(self) -> bool:
         return self.stop_ns is not None
+
+    @property
+    def end_ns(self) -> int:
+        """Stop, else the end of the last occupied piece, else the start."""
+        if self.stop_ns is not None:
+            return self.stop_ns
+        return self.occupied[-1][1] if self.occupied else self.start_ns
 
     def overlaps(self, start_ns: int, end_ns: int) -> bool:
         return any(a < end_ns and b > start_ns for a, b in self.occupied)
@@ -66,58 +83,92 @@ def order_events_sorted(events: Iterable[EventLike]) -> list[EventLike]:
     return sorted(events, key=lambda e: (e.ts_ns, _TYPE_RANK.get(e.type, 9), e.event_id))
 
 
-def replay_order(events: Sequence[EventLike], open_end_ns: int) -> OrderTimeline | None:
+def in_force(events: Sequence[EventLike]) -> tuple[list[EventLike], list[str]]:
+    """The events not superseded (receive order kept), and a note per superseded one."""
+    named = {e.supersedes for e in events if e.supersedes is not None}
+    kept = [e for e in events if e.event_id not in named]
+    by_id = {e.event_id: e for e in events}
+    notes = [
+        f"{by_id[e.supersedes].type} {e.supersedes} superseded by {e.event_id}"
+        for e in events
+        if e.supersedes is not None and e.supersedes in by_id
+    ]
+    return kept, notes
+
+
+def replay_order(
+    events: Sequence[EventLike], open_end_ns: int, max_duration_ns: int | None = None
+) -> OrderTimeline | None:
     """The order's occupied time; ``open_end_ns`` closes a still-running order (usually now).
 
-    Returns None when there is no start event (the engine rejects stop-without-start before it
-    stores anything, so this only happens for orders known from other events alone).
+    ``events`` are in the order they were received (that decides which of two starts or two
+    stops counts). An order still open at ``open_end_ns`` more than ``max_duration_ns`` after
+    its start is closed at its last event and marked ``auto_closed``.
+    Returns None when there is no start in force (the engine holds such events for a while).
     """
-    ordered = [e for e in order_events_sorted(events) if e.type != "lot_complete"]
-    starts = [e for e in ordered if e.type == "start"]
+    current, corrections = in_force([e for e in events if e.type != "lot_complete"])
+    starts = [e for e in current if e.type == "start"]
     if not starts:
         return None
-    start = starts[0]
-    anomalies = [f"repeated start at {e.ts_ns}" for e in starts[1:]]
+    start = starts[-1]
+    stops = [e for e in current if e.type == "stop"]
+    stop: EventLike | None = stops[-1] if stops else None
+    for older in (*starts[:-1], *stops[:-1]):
+        corrections.append(f"{older.type} {older.event_id} replaced by a later {older.type}")
+    anomalies: list[str] = []
+    if stop is not None and stop.ts_ns < start.ts_ns:
+        anomalies.append(f"stop at {stop.ts_ns} before start at {start.ts_ns}: ignored")
+        stop = None
+    cancelled = any(e.type == "cancel" for e in current)
+    others = [e for e in order_events_sorted(current) if e.type in ("pause", "resume")]
     pieces: list[tuple[int, int]] = []
     running_since: int | None = start.ts_ns
-    stop: EventLike | None = None
-    for event in ordered:
-        if event.ts_ns < start.ts_ns or event is start or event.type == "start":
-            if event.ts_ns < start.ts_ns:
-                anomalies.append(f"{event.type} before start at {event.ts_ns}")
+    last_activity = start.ts_ns
+    for event in others:
+        if event.ts_ns < start.ts_ns:
+            anomalies.append(f"{event.type} before start at {event.ts_ns}")
             continue
-        if stop is not None:
+        if stop is not None and event.ts_ns > stop.ts_ns:
             anomalies.append(f"{event.type} after stop at {event.ts_ns}")
             continue
+        last_activity = max(last_activity, event.ts_ns)
         if event.type == "pause":
             if running_since is None:
                 anomalies.append(f"pause while paused at {event.ts_ns}")
                 continue
             pieces.append((running_since, event.ts_ns))
             running_since = None
-        elif event.type == "resume":
+        else:
             if running_since is not None:
                 anomalies.append(f"resume without pause at {event.ts_ns}")
                 continue
             running_since = event.ts_ns
-        elif event.type == "stop":
-            stop = event
-            if running_since is not None:
-                pieces.append((running_since, event.ts_ns))
-            running_since = None
-    if stop is None and running_since is not None:
-        pieces.append((running_since, max(open_end_ns, running_since)))
-    occupied = tuple((a, b) for a, b in pieces if b > a)
+    stop_ns = stop.ts_ns if stop is not None else None
+    auto_closed = (
+        stop_ns is None
+        and not cancelled
+        and max_duration_ns is not None
+        and open_end_ns - start.ts_ns > max_duration_ns
+    )
+    if auto_closed:
+        stop_ns = last_activity
+    if running_since is not None:
+        end = stop_ns if stop_ns is not None else max(open_end_ns, running_since)
+        pieces.append((running_since, end))
+    occupied = () if cancelled else tuple((a, b) for a, b in pieces if b > a)
     return OrderTimeline(
         order_id=start.order_id or "",
         lot_id=start.lot_id,
         equipment_id=start.equipment_id or "",
         product_id=start.product_id,
         start_ns=start.ts_ns,
-        stop_ns=stop.ts_ns if stop is not None else None,
+        stop_ns=stop_ns if not cancelled else (stop_ns or last_activity),
         occupied=occupied,
-        quantity_good=stop.quantity_good if stop is not None else None,
-        quantity_scrap=stop.quantity_scrap if stop is not None else None,
+        quantity_good=stop.quantity_good if stop is not None and not cancelled else None,
+        quantity_scrap=stop.quantity_scrap if stop is not None and not cancelled else None,
         unit=(stop or start).unit,
         anomalies=tuple(anomalies),
+        corrections=tuple(corrections),
+        cancelled=cancelled,
+        auto_closed=auto_closed,
     )

@@ -1,6 +1,7 @@
 """SQLite store: samples, MES events, order and lot status, the record outbox."""
 
 from edge_agent.store.sqlite import (
+    IntakeCommit,
     OutboxRecord,
     OutboxRow,
     OutboxStats,
@@ -12,6 +13,7 @@ from edge_agent.store.sqlite import (
 )
 
 __all__ = [
+    "IntakeCommit",
     "OutboxRecord",
     "OutboxRow",
     "OutboxStats",

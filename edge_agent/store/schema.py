@@ -75,4 +75,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE rejected_events ADD COLUMN last_ns INTEGER",
     ),
+    # 3: MES corrections and out-of-order events. ``supersedes`` names the event a correction
+    # replaces; ``held_until_ns`` marks an event waiting for its order's start (NULL = in force).
+    (
+        "ALTER TABLE events ADD COLUMN supersedes TEXT",
+        "ALTER TABLE events ADD COLUMN held_until_ns INTEGER",
+        "CREATE INDEX events_held ON events (held_until_ns) WHERE held_until_ns IS NOT NULL",
+    ),
 )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,18 @@ class StoredEvent:
     equipment_id: str | None
     payload_json: str
     received_ns: int
+    supersedes: str | None = None
+    held_until_ns: int | None = None  # set while it waits for its order's start
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeCommit:
+    """One MES batch, committed in one durable transaction before any of it is acknowledged."""
+
+    events: Sequence[StoredEvent]  # accepted or held (``held_until_ns`` set)
+    rejected: Mapping[str, int]  # rejection counts by code
+    released_orders: Sequence[str] = ()  # orders whose held events met their start
+    dropped_held: Sequence[str] = ()  # held event ids rejected when their start came
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +118,10 @@ class Status:
 
 
 _SAMPLE_COLUMNS = "ts_ns, meter_id, point, role, unit, value, quality, state, detail"
-_EVENT_COLUMNS = "event_id, type, ts_ns, order_id, lot_id, equipment_id, payload, received_ns"
+_EVENT_COLUMNS = (
+    "event_id, type, ts_ns, order_id, lot_id, equipment_id, payload, received_ns, supersedes, "
+    "held_until_ns"
+)
 _OUTBOX_COLUMNS = (
     "seq, record_id, revision, kind, lot_id, order_id, topic, payload, created_ns, sent_ns, "
     "attempts"
@@ -303,22 +318,91 @@ class Store:
         same transaction, so a crash can never leave an event whose order is forgotten.
         """
         async with self._transaction("FULL", f"storing event {event.event_id}"):
-            cursor = await self._db.execute(
-                f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.event_id, event.type, event.ts_ns, event.order_id, event.lot_id,
-                    event.equipment_id, event.payload_json, event.received_ns,
-                ),
-            )  # fmt: skip
-            inserted = cursor.rowcount == 1
-            if inserted and event.order_id is not None and event.equipment_id is not None:
-                await self._insert_open_order(event.order_id, event.lot_id, event.equipment_id)
+            return await self._insert_event(event)
+
+    async def _insert_event(self, event: StoredEvent) -> bool:
+        cursor = await self._db.execute(
+            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.event_id, event.type, event.ts_ns, event.order_id, event.lot_id,
+                event.equipment_id, event.payload_json, event.received_ns, event.supersedes,
+                event.held_until_ns,
+            ),
+        )  # fmt: skip
+        inserted = cursor.rowcount == 1
+        # A held event does not open its order: a start that never comes must not keep the
+        # order's lot waiting.
+        if (
+            inserted
+            and event.held_until_ns is None
+            and event.order_id is not None
+            and event.equipment_id is not None
+        ):
+            await self._insert_open_order(event.order_id, event.lot_id, event.equipment_id)
         return inserted
 
-    async def events_for_order(self, order_id: str) -> list[StoredEvent]:
-        """The order's events in floor-time order (replayed to derive its timeline)."""
-        query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? ORDER BY ts_ns, event_id"
+    async def commit_intake(self, batch: IntakeCommit) -> list[bool]:
+        """Store a batch of MES events and rejection counts in one FULL transaction.
+
+        Returns, per event, whether it was new (False: a duplicate event_id, ignored).
+        """
+        what = f"storing {len(batch.events)} MES events"
+        async with self._transaction("FULL", what):
+            for event_id in batch.dropped_held:
+                await self._db.execute(
+                    "DELETE FROM events WHERE event_id = ? AND held_until_ns IS NOT NULL",
+                    (event_id,),
+                )
+            for order_id in batch.released_orders:
+                await self._db.execute(
+                    "UPDATE events SET held_until_ns = NULL WHERE order_id = ? "
+                    "AND held_until_ns IS NOT NULL",
+                    (order_id,),
+                )
+            inserted = [await self._insert_event(event) for event in batch.events]
+            await self._count_rejected(batch.rejected)
+        return inserted
+
+    async def held_events(self, order_id: str) -> list[StoredEvent]:
+        """Events of the order still waiting for its start, in the order received."""
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? "
+            "AND held_until_ns IS NOT NULL ORDER BY rowid"
+        )
         return [_event(row) for row in await self._all(query, (order_id,))]
+
+    async def held_count(self) -> int:
+        row = await self._one("SELECT COUNT(*) FROM events WHERE held_until_ns IS NOT NULL")
+        return int(row[0]) if row else 0
+
+    async def expire_held(self, now_ns: int, code: str) -> list[StoredEvent]:
+        """Remove held events whose time ran out, counting them as rejected under ``code``."""
+        async with self._transaction("FULL", "expiring held MES events"):
+            async with self._db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE held_until_ns IS NOT NULL "
+                "AND held_until_ns <= ? ORDER BY rowid",
+                (now_ns,),
+            ) as cursor:
+                expired = [_event(row) for row in await cursor.fetchall()]
+            if expired:
+                await self._db.executemany(
+                    "DELETE FROM events WHERE event_id = ?", [(e.event_id,) for e in expired]
+                )
+                await self._count_rejected({code: len(expired)})
+        return expired
+
+    async def events_for_order(self, order_id: str) -> list[StoredEvent]:
+        """The order's events in force or corrected, in the order received (replay sorts by
+        ``ts``; which of two stops counts depends on arrival, never on how ids sort)."""
+        query = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id = ? "
+            "AND held_until_ns IS NULL ORDER BY rowid"
+        )
+        return [_event(row) for row in await self._all(query, (order_id,))]
+
+    async def event_by_id(self, event_id: str) -> StoredEvent | None:
+        row = await self._one(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,))
+        return _event(row) if row else None
 
     async def events_for_lot(self, lot_id: str) -> list[StoredEvent]:
         """All events of a lot (every order's, plus lot_complete) in floor-time order."""
@@ -326,9 +410,11 @@ class Store:
         return [_event(row) for row in await self._all(query, (lot_id,))]
 
     async def lot_completion_event(self, lot_id: str) -> StoredEvent | None:
+        """The lot_complete in force: the last received that no later one supersedes."""
         query = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE lot_id = ? AND type = 'lot_complete' "
-            "ORDER BY ts_ns DESC LIMIT 1"
+            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE lot_id = ? AND type = 'lot_complete' "
+            "AND NOT EXISTS (SELECT 1 FROM events s WHERE s.supersedes = e.event_id "
+            "AND s.lot_id = e.lot_id) ORDER BY rowid DESC LIMIT 1"
         )
         row = await self._one(query, (lot_id,))
         return _event(row) if row else None
@@ -350,13 +436,36 @@ class Store:
         query = "SELECT order_id FROM orders WHERE lot_id = ? ORDER BY order_id"
         return [row[0] for row in await self._all(query, (lot_id,))]
 
-    async def count_rejected(self, reason: str) -> None:
-        """Count one rejected MES event under ``reason`` (and remember when it was last seen)."""
+    async def count_rejected(self, reason: str, count: int = 1) -> None:
+        """Count rejected MES events under ``reason`` (and remember when it was last seen)."""
         async with self._transaction("NORMAL", "counting a rejected event"):
+            await self._count_rejected({reason: count})
+
+    async def _count_rejected(self, counts: Mapping[str, int]) -> None:
+        now_ns = self._clock.now_ns()
+        await self._db.executemany(
+            "INSERT INTO rejected_events (reason, count, last_ns) VALUES (?, ?, ?) "
+            "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count, "
+            "last_ns = excluded.last_ns",
+            [(reason, count, now_ns) for reason, count in counts.items() if count > 0],
+        )
+
+    async def stale_open_orders(self, started_before_ns: int) -> list[str]:
+        """Open orders whose start lies before the given instant (candidates for auto-close)."""
+        query = (
+            "SELECT o.order_id FROM orders o JOIN events e ON e.order_id = o.order_id "
+            "WHERE o.status = 'open' AND e.type = 'start' AND e.held_until_ns IS NULL "
+            "GROUP BY o.order_id HAVING MIN(e.ts_ns) < ? ORDER BY o.order_id"
+        )
+        return [row[0] for row in await self._all(query, (started_before_ns,))]
+
+    async def probe_write(self) -> None:
+        """A small durable write: raises StoreError when the database cannot commit."""
+        async with self._transaction("FULL", "probing the database"):
             await self._db.execute(
-                "INSERT INTO rejected_events (reason, count, last_ns) VALUES (?, 1, ?) "
-                "ON CONFLICT (reason) DO UPDATE SET count = count + 1, last_ns = excluded.last_ns",
-                (reason, self._clock.now_ns()),
+                "INSERT INTO agent_state (key, value) VALUES ('store_probe_ns', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(self._clock.now_ns()),),
             )
 
     async def rejected_counts(self) -> dict[str, int]:
@@ -479,6 +588,25 @@ class Store:
         return payload
 
     # -- outbox -----------------------------------------------------------------------------
+
+    async def latest_lot_record(self, lot_id: str) -> dict[str, Any] | None:
+        """The payload of the lot summary's newest revision."""
+        query = (
+            "SELECT payload FROM outbox WHERE kind = 'lot' AND lot_id = ? "
+            "ORDER BY revision DESC LIMIT 1"
+        )
+        row = await self._one(query, (lot_id,))
+        return dict(json.loads(row[0])) if row else None
+
+    async def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are already stored (held ones included)."""
+        found: set[str] = set()
+        for chunk_start in range(0, len(event_ids), 500):  # SQLite's bound-parameter limit
+            chunk = event_ids[chunk_start : chunk_start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._all(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
 
     async def enqueue_record(self, record: OutboxRecord) -> int:
         """Durably enqueue a record; returns its seq (the existing one for a repeat)."""

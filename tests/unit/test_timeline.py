@@ -19,6 +19,7 @@ class Ev:
     quantity_good: float | None = None
     quantity_scrap: float | None = None
     unit: str = "piece"
+    supersedes: str | None = None
 
 
 def test_pauses_split_the_occupied_time_and_order_of_arrival_does_not_matter() -> None:
