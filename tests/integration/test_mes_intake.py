@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import AgentConfig, parse_config
+from edge_agent.engine import BatchResult, LateRejection, Outcome
 from edge_agent.mes.events import OrderEvent
 from edge_agent.mes.intake import MesIntake
 from simulators.broker import LocalMosquitto
@@ -45,7 +49,7 @@ def start_event(event_id: str) -> dict[str, Any]:
     return {
         "event_id": event_id,
         "type": "start",
-        "ts": "2026-01-31T08:00:00+09:00",
+        "ts": datetime.now(UTC).isoformat(),
         "order_id": f"o-{event_id}",
         "lot_id": "lot-1",
         "equipment_id": "laser",
@@ -61,57 +65,123 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
     raise AssertionError("condition not reached")
 
 
-async def test_ack_only_after_commit_and_redelivery(
+class RecordingSink:
+    """Stands in for the engine (the MQTT path under test is real): commits by recording."""
+
+    def __init__(self, fail: Any = None) -> None:
+        self.committed: list[str] = []
+        self.counted: Counter[str] = Counter()
+        self.calls = 0
+        self._fail = fail
+
+    async def handle_batch(
+        self, events: Sequence[OrderEvent], rejected: Mapping[str, int] | None = None
+    ) -> BatchResult:
+        self.calls += 1
+        if self._fail is not None:
+            self._fail(events)
+        self.committed.extend(e.event_id for e in events)
+        self.counted.update(rejected or {})
+        return BatchResult([Outcome("accepted") for _ in events], [])
+
+    async def expire_held(self) -> list[LateRejection]:
+        return []
+
+
+def disk_full(_: Sequence[OrderEvent]) -> None:
+    raise OSError("disk full")
+
+
+async def failing_probe() -> None:
+    raise OSError("disk full")
+
+
+async def test_database_failure_blocks_loudly_and_acknowledges_nothing(
     mosquitto: LocalMosquitto, tmp_path: Path
 ) -> None:
-    """A first intake whose database fails never acknowledges; the broker redelivers the event
-    to the next intake on the same persistent session, which commits it."""
+    """While the database fails (the probe write fails too) the stream waits, says so, and
+    acknowledges nothing; the broker redelivers the event to the next intake on the same
+    persistent session, which commits it. Nothing is dead-lettered meanwhile."""
     cfg = config(mosquitto, tmp_path)
-    attempts: list[str] = []
-
-    async def failing(event: OrderEvent) -> None:
-        attempts.append(event.event_id)
-        raise OSError("disk full")
-
-    committed: list[str] = []
-
-    async def working(event: OrderEvent) -> None:
-        committed.append(event.event_id)
-
-    broken = MesIntake(cfg, failing)
+    broken_sink = RecordingSink(fail=disk_full)
+    broken = MesIntake(cfg, broken_sink, probe=failing_probe)
     await broken.start()
     await asyncio.wait_for(broken.link.connected.wait(), 10)
     mes = MesPublisher(mosquitto.host, mosquitto.port, "p/s1/mes/orders")
     try:
         await mes.publish(start_event("e1"))
-        await wait_until(lambda: len(attempts) >= 2)  # retried locally, still not acknowledged
-        await broken.stop()
-        healthy = MesIntake(cfg, working)
-        await healthy.start()
-        await wait_until(lambda: committed == ["e1"])
+        await wait_until(lambda: broken_sink.calls >= 3)  # batch, then alone, retried
+        assert broken.blocked_since is not None
         assert broken.accepted == 0
+        assert not broken.rejected
+        await broken.stop()
+        healthy_sink = RecordingSink()
+        healthy = MesIntake(cfg, healthy_sink)
+        await healthy.start()
+        await wait_until(lambda: healthy_sink.committed == ["e1"])
+        assert healthy.blocked_since is None
         await healthy.stop()
     finally:
         mes.close()
+
+
+async def test_a_message_that_keeps_failing_is_dead_lettered_not_blocking(
+    mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
+    """The database works (the probe commits), one message's processing fails every time: after
+    mes.max_attempts it is dead-lettered as unprocessable and the stream goes on."""
+    cfg = config(mosquitto, tmp_path)
+
+    def poison(events: Sequence[OrderEvent]) -> None:
+        if any(e.event_id == "poison" for e in events):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    sink = RecordingSink(fail=poison)
+
+    async def probe() -> None:
+        return None
+
+    letters = DeadLetterWatcher(mosquitto)
+    intake = MesIntake(cfg, sink, probe=probe)
+    await intake.start()
+    await asyncio.wait_for(intake.link.connected.wait(), 10)
+    mes = MesPublisher(mosquitto.host, mosquitto.port, "p/s1/mes/orders")
+    try:
+        await mes.publish(start_event("poison"))
+        await mes.publish(start_event("after"))
+        await wait_until(lambda: "after" in sink.committed and len(letters.received) == 1)
+        assert letters.received[0]["code"] == "unprocessable"
+        assert "OverflowError" in letters.received[0]["reason"]
+        assert intake.rejected == {"unprocessable": 1}
+        assert sink.counted["unprocessable"] == 1
+        await intake.stop()
+    finally:
+        mes.close()
+        letters.close()
+
+
+class DeadLetterWatcher:
+    def __init__(self, broker: LocalMosquitto) -> None:
+        self.received: list[dict[str, Any]] = []
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dl-watch")
+        client.on_message = lambda *args: self.received.append(json.loads(args[2].payload))
+        client.connect(broker.host, broker.port)
+        client.subscribe("p/s1/mes/dead-letter", qos=1)
+        client.loop_start()
+        self._client = client
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
 
 
 async def test_events_while_down_are_delivered_and_bad_ones_dead_lettered(
     mosquitto: LocalMosquitto, tmp_path: Path
 ) -> None:
     cfg = config(mosquitto, tmp_path)
-    committed: list[str] = []
-
-    async def handler(event: OrderEvent) -> None:
-        committed.append(event.event_id)
-
-    letters: list[dict[str, Any]] = []
-    watcher = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dl-watch")
-    watcher.on_message = lambda *args: letters.append(json.loads(args[2].payload))
-    watcher.connect(mosquitto.host, mosquitto.port)
-    watcher.subscribe("p/s1/mes/dead-letter", qos=1)
-    watcher.loop_start()
-
-    first = MesIntake(cfg, handler)
+    sink = RecordingSink()
+    letters = DeadLetterWatcher(mosquitto)
+    first = MesIntake(cfg, sink)
     await first.start()  # creates the persistent session
     await asyncio.wait_for(first.link.connected.wait(), 10)
     await first.stop()
@@ -120,14 +190,15 @@ async def test_events_while_down_are_delivered_and_bad_ones_dead_lettered(
         await mes.publish(start_event("while-down"))
         await mes.publish_raw(b"{broken json")
         await mes.publish({**start_event("x"), "equipment_id": "oven"})
-        second = MesIntake(cfg, handler)
+        second = MesIntake(cfg, sink)
         await second.start()
-        await wait_until(lambda: committed == ["while-down"] and len(letters) == 2)
+        await wait_until(lambda: sink.committed == ["while-down"] and len(letters.received) == 2)
         assert dict(second.rejected) == {"bad_json": 1, "unknown_equipment": 1}
-        assert "not valid JSON" in letters[0]["reason"]
-        assert "'oven' is not configured" in letters[1]["reason"]
+        assert sink.counted == {"bad_json": 1, "unknown_equipment": 1}  # committed with the batch
+        reasons = sorted(letter["reason"] for letter in letters.received)
+        assert any("not valid JSON" in reason for reason in reasons)
+        assert any("'oven' is not configured" in reason for reason in reasons)
         await second.stop()
     finally:
         mes.close()
-        watcher.loop_stop()
-        watcher.disconnect()
+        letters.close()
