@@ -186,11 +186,9 @@ def _parse(
 def json_depth(payload: bytes, stop_above: int) -> int:
     """Nesting depth of a JSON text, counted outside strings; stops early above ``stop_above``."""
     brackets = _JSON_STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
-    if len(brackets) <= stop_above:
-        return len(brackets)  # cannot be deeper than its number of brackets
     depth = deepest = 0
     for byte in brackets:
-        depth += 1 if byte in b"[{" else -1
+        depth += 1 if byte in (0x5B, 0x7B) else -1  # [ {
         if depth > deepest:
             deepest = depth
             if deepest > stop_above:

@@ -7,8 +7,9 @@ therefore placed where they happened, and a recomputation always sees the same h
 Corrections (docs/contracts.md, "Correcting an event"): events are given in the order they were
 received. An event named by another's ``supersedes`` is out of force. Of the events in force,
 the last *received* ``start`` and the last received ``stop`` count (a re-sent stop with new
-numbers corrects the old one; ties never depend on how ids sort); a ``cancel`` in force voids
-the order. Pauses and resumes all count, placed by their ``ts``.
+numbers corrects the old one; ties never depend on how ids sort). A ``cancel`` with
+``supersedes`` withdraws just the event it names; a ``cancel`` without it voids the order.
+Pauses and resumes all count, placed by their ``ts``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def replay_order(
     if stop is not None and stop.ts_ns < start.ts_ns:
         anomalies.append(f"stop at {stop.ts_ns} before start at {start.ts_ns}: ignored")
         stop = None
-    cancelled = any(e.type == "cancel" for e in current)
+    # A cancel naming an event withdraws that event (done by in_force); one naming none
+    # withdraws the order.
+    cancelled = any(e.type == "cancel" and e.supersedes is None for e in current)
     others = [e for e in order_events_sorted(current) if e.type in ("pause", "resume")]
     pieces: list[tuple[int, int]] = []
     running_since: int | None = start.ts_ns

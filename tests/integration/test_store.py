@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 from edge_agent.clock import FakeClock
 from edge_agent.domain import PointRole, Quality, Sample
 from edge_agent.errors import StoreError
-from edge_agent.store import OutboxRecord, StoredEvent, migrate, open_store
+from edge_agent.store import IntakeCommit, OutboxRecord, StoredEvent, migrate, open_store
 from edge_agent.store.schema import MIGRATIONS
 
 S = 1_000_000_000
@@ -91,7 +92,7 @@ async def test_migrates_a_version_1_database_and_keeps_its_data(tmp_path: Path) 
     assert await pragma(path, "user_version") == 1
 
     async with await open_store(path) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 2
+        assert await store.schema_version() == len(MIGRATIONS) == 3
         [row] = await store.unsent(10)
         assert (row.record_id, row.created_ns, row.attempts) == ("old", 7, 0)
         assert await store.rejected_counts() == {"bad json": 3}
@@ -246,7 +247,9 @@ async def test_duplicate_events_are_ignored(tmp_path: Path) -> None:
         assert stored == event("e1")
 
 
-async def test_events_replay_in_floor_time_order(tmp_path: Path) -> None:
+async def test_order_events_come_in_arrival_order_lot_events_in_floor_order(
+    tmp_path: Path,
+) -> None:
     async with await open_store(tmp_path / "e.db") as store:
         # arrival order differs from floor order (late events)
         assert await store.insert_event(event("e3", "stop", t=30))
@@ -259,7 +262,8 @@ async def test_events_replay_in_floor_time_order(tmp_path: Path) -> None:
             event("l1", "lot_complete", t=40, order_id=None, equipment_id=None)
         )
         assert await store.insert_event(event("y1", "start", t=5, order_id="o3", lot_id="lot-2"))
-        assert [e.event_id for e in await store.events_for_order("o1")] == ["e1", "e2", "e3"]
+        # arrival order: which of two stops counts depends on arrival (replay sorts by ts)
+        assert [e.event_id for e in await store.events_for_order("o1")] == ["e3", "e1", "e2"]
         assert [e.event_id for e in await store.events_for_lot("lot-1")] == [
             "e1", "x1", "e2", "e3", "l1",
         ]  # fmt: skip
@@ -408,6 +412,65 @@ async def test_a_crash_inside_finalise_loses_and_doubles_nothing(tmp_path: Path)
         await store.finalise_order("o1", record())
         assert [r.record_id for r in await store.unsent(10)] == ["before", "r1"]
         assert await store.open_order_ids() == []
+
+
+async def test_an_intake_batch_commits_events_and_rejection_counts_together(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(start_ns=1000 * S)
+    async with await open_store(tmp_path / "i.db", clock=clock) as store:
+        held_stop = dataclasses.replace(event("s1", "stop", t=20, order_id="o9"), held_until_ns=600 * S)
+        inserted = await store.commit_intake(
+            IntakeCommit(
+                events=[event("e1"), held_stop, event("e1")],
+                rejected={"bad_json": 2, "invalid_id": 1},
+            )
+        )
+        assert inserted == [True, True, False]  # the repeated id is a duplicate
+        assert await store.rejected_counts() == {"bad_json": 2, "invalid_id": 1}
+        # a held event does not open its order (its lot must not wait for a start that never comes)
+        assert await store.open_order_ids() == ["o1"]
+        assert await store.events_for_order("o9") == []
+        assert [e.event_id for e in await store.held_events("o9")] == ["s1"]
+        assert await store.existing_event_ids(["e1", "s1", "zz"]) == {"e1", "s1"}
+
+        # its start arrives: released in the same transaction that stores the start
+        await store.commit_intake(
+            IntakeCommit(
+                events=[event("a9", "start", t=10, order_id="o9")],
+                rejected={},
+                released_orders=["o9"],
+            )
+        )
+        assert [e.event_id for e in await store.events_for_order("o9")] == ["s1", "a9"]
+        assert await store.held_count() == 0
+
+        # a held event whose time ran out is removed and counted
+        late = dataclasses.replace(event("p7", "pause", t=30, order_id="o7"), held_until_ns=1500 * S)
+        await store.commit_intake(IntakeCommit(events=[late], rejected={}))
+        assert await store.expire_held(1499 * S, "without_start") == []
+        [expired] = await store.expire_held(1500 * S, "without_start")
+        assert expired.event_id == "p7"
+        assert (await store.rejected_counts())["without_start"] == 1
+        assert await store.existing_event_ids(["p7"]) == set()
+
+
+async def test_a_superseded_lot_complete_is_out_of_force(tmp_path: Path) -> None:
+    async with await open_store(tmp_path / "l.db") as store:
+        first = event("l1", "lot_complete", t=40, order_id=None, equipment_id=None)
+        fixed = dataclasses.replace(
+            event("l2", "lot_complete", t=40, order_id=None, equipment_id=None), supersedes="l1"
+        )
+        later_id_sorting_first = event("l0", "lot_complete", t=40, order_id=None, equipment_id=None)
+        await store.commit_intake(IntakeCommit(events=[first, fixed], rejected={}))
+        completion = await store.lot_completion_event("lot-1")
+        assert completion is not None
+        assert completion.event_id == "l2"
+        # the last received one in force counts, whatever its id sorts like
+        await store.commit_intake(IntakeCommit(events=[later_id_sorting_first], rejected={}))
+        completion = await store.lot_completion_event("lot-1")
+        assert completion is not None
+        assert completion.event_id == "l0"
 
 
 async def test_lots_open_then_final(tmp_path: Path) -> None:
