@@ -140,6 +140,8 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
     try:
         rows = await store.recent_records(limit)
         stats = await store.outbox_stats()
+        rejected = await store.rejected_counts()
+        held = await store.held_count()
     finally:
         await store.close()
     if as_json:
@@ -158,6 +160,11 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
             f"{payload.get('co2e_kg', 0.0):>10.4f} {row.revision:>3} {state}"
         )
     print(f"\noutbox: {stats.unsent_count} unsent")
+    print(
+        "MES events rejected: "
+        + (", ".join(f"{code} {count}" for code, count in rejected.items()) or "none")
+        + f"; held waiting for their start: {held}"
+    )
     return EXIT_OK
 
 

@@ -230,7 +230,13 @@ class OrderEngine:
         for index, position in enumerate(positions):
             if position is not None and not inserted[position]:
                 outcomes[index] = Outcome("duplicate")
-        await self._schedule(events, outcomes, admission.released)
+        try:
+            await self._schedule(events, outcomes, admission.released)
+        except Exception:
+            log.exception("scheduling after an MES batch failed; recomputing its orders")
+            self._pending_orders.update(e.order_id for e in events if e.order_id is not None)
+            self._pending_lots.update(e.lot_id for e in events if e.type == "lot_complete")
+            self._kick.set()
         return BatchResult(outcomes, admission.late)
 
     async def handle_event(self, event: OrderEvent) -> None:
