@@ -232,7 +232,7 @@ class OrderEngine:
                 outcomes[index] = Outcome("duplicate")
         try:
             await self._schedule(events, outcomes, admission.released)
-        except Exception:
+        except Exception:  # committed: the batch must not be processed twice
             log.exception("scheduling after an MES batch failed; recomputing its orders")
             self._pending_orders.update(e.order_id for e in events if e.order_id is not None)
             self._pending_lots.update(e.lot_id for e in events if e.type == "lot_complete")

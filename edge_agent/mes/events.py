@@ -119,7 +119,7 @@ def parse_event(
         return _parse(payload, known_equipment, limits, now_ns)
     except EventRejected:
         raise
-    except Exception as exc:
+    except Exception as exc:  # any surprise is this message's problem, not the agent's
         raise EventRejected(
             f"payload could not be processed: {type(exc).__name__}: {exc}"[:300], "bad_payload"
         ) from None

@@ -157,7 +157,7 @@ class MesIntake:
             result = await self._commit(items)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # isolate the failing message below
             if len(batch) > 1:
                 log.warning(
                     "MES batch of %d messages not committed (%r); retrying one by one",
@@ -193,7 +193,7 @@ class MesIntake:
                 result = await self._commit([item])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the probe decides whose fault
                 if await self._database_works():
                     attempts += 1
                     if attempts < self._config.mes.max_attempts:
@@ -240,7 +240,7 @@ class MesIntake:
             await self._probe()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # any failure of the probe: the database is down
             return False
         return True
 
@@ -249,7 +249,7 @@ class MesIntake:
             await self._engine.handle_batch([], {"unprocessable": 1})
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the counter in memory still has it
             log.warning("could not count an unprocessable MES message: %r", exc)
 
     def _finish(
@@ -360,7 +360,7 @@ class MesIntake:
                 late = await self._engine.expire_held()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # tried again next time
                 log.warning("expiring held MES events failed: %r", exc)
                 continue
             for rejection in late:
