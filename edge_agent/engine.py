@@ -153,6 +153,16 @@ def _same_numbers(published: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> b
     }
 
 
+def _check_same_equipment(event: OrderEvent, equipment_id: str | None) -> None:
+    if event.equipment_id != equipment_id:
+        raise EventRejected(
+            f"equipment_id {event.equipment_id!r} does not match order {event.order_id!r}, "
+            f"which is on {equipment_id!r} (to move an order, cancel it and start a new "
+            "order id)",
+            "equipment_mismatch",
+        )
+
+
 def _check_after_start(event: OrderEvent, start_ns: int) -> None:
     if event.type in ("stop", "pause", "resume") and event.ts_ns < start_ns:
         raise EventRejected(
@@ -259,13 +269,14 @@ class OrderEngine:
             if event.event_id in existing:
                 admission.add(Outcome("duplicate"), None)
                 continue
-            existing.add(event.event_id)
             try:
                 verdict = await self._judge(event, history, held, admission)
             except EventRejected as exc:
+                # Not stored: a fixed copy under the same id later in the batch is judged anew.
                 admission.counts[exc.code] += 1
                 admission.add(Outcome("rejected", exc.code, exc.reason), None)
                 continue
+            existing.add(event.event_id)
             stored = _stored(event, now_ns, hold_until if verdict == "held" else None)
             index = admission.add(Outcome(verdict), stored)
             if event.order_id is not None and event.type != "lot_complete":
@@ -302,14 +313,16 @@ class OrderEngine:
                 if (parsed := self._parse_stored(stored)) is not None
             ]
         known = history[order_id]
-        for other in (*known, *(h.event for h in held[order_id])):
-            if other.equipment_id != event.equipment_id:
-                raise EventRejected(
-                    f"equipment_id {event.equipment_id!r} does not match order {order_id!r}, "
-                    f"which is on {other.equipment_id!r} (to move an order, cancel it and "
-                    "start a new order id)",
-                    "equipment_mismatch",
-                )
+        # Held events are not evidence yet: a wrong one must not get the real start rejected.
+        reference = known or ([] if event.type == "start" else [h.event for h in held[order_id]])
+        for other in reference[:1]:
+            _check_same_equipment(event, other.equipment_id)
+        if len(known) + len(held[order_id]) >= self._config.mes.max_events_per_order:
+            raise EventRejected(
+                f"order {order_id!r} already has {len(known) + len(held[order_id])} events "
+                f"(mes.max_events_per_order {self._config.mes.max_events_per_order})",
+                "too_many_events",
+            )
         if event.supersedes is not None:
             await self._check_supersedes(event, [*known, *(h.event for h in held[order_id])])
         before = replay_order(known, open_end_ns=admission.now_ns)
@@ -341,6 +354,7 @@ class OrderEngine:
         assert start.order_id is not None
         for item in waiting:
             try:
+                _check_same_equipment(item.event, start.equipment_id)
                 _check_after_start(item.event, start.ts_ns)
             except EventRejected as exc:
                 if item.batch_index is None:
@@ -369,6 +383,13 @@ class OrderEngine:
             if event.type == "lot_complete"
             else target.order_id == event.order_id
         )
+        if target.type == "start" and event.type != "start":
+            raise EventRejected(
+                f"supersedes {target_id!r}, the start of order {target.order_id!r}: a start can "
+                "only be replaced by another start (to withdraw the order, send a cancel "
+                "without supersedes)",
+                "invalid_supersedes",
+            )
         if not same or (target.type == "lot_complete") != (event.type == "lot_complete"):
             what = f"lot {event.lot_id!r}" if event.type == "lot_complete" else f"order {event.order_id!r}"
             raise EventRejected(
@@ -491,6 +512,12 @@ class OrderEngine:
         now_ns = self._clock.now_ns()
         timeline = await self._timeline(order_id, now_ns)
         if timeline is None or timeline.stop_ns is None:
+            status = await self._store.order_status(order_id)
+            if status is not None and status.status == "final":
+                # Its stop was withdrawn: running again; the next stop (or the auto-close)
+                # publishes the next revision.
+                await self._store.reopen_order(order_id)
+                log.warning("order %s reopened: its stop was withdrawn", order_id)
             return True  # nothing to finalise (yet): forget until its stop arrives
         equipment = self._equipment.get(timeline.equipment_id)
         if equipment is None:
@@ -503,7 +530,7 @@ class OrderEngine:
         inputs = await self._order_inputs(equipment, timeline, now_ns)
         status = await self._store.order_status(order_id)
         published = await self._store.latest_record(order_id)
-        revision = 1 if status is None or status.status != "final" else status.revision + 1
+        revision = (status.revision if status is not None else 0) + 1  # reopened orders go on
         record = build_order(inputs, revision=revision, final_by_timeout=not complete)
         if published is not None and _same_numbers(published, record.to_json_dict()):
             if status is not None and status.status != "final":

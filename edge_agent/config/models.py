@@ -377,6 +377,8 @@ class MesConfig(StrictModel):
     max_id_length: Annotated[int, Field(ge=8, le=1024)] = 128  # event, order, lot, equipment
     max_text_length: Annotated[int, Field(ge=8, le=4096)] = 128  # product_id, unit
     max_extra_fields: Annotated[int, Field(ge=0, le=1000)] = 32
+    # Every event of an order is replayed when it is judged: bound the work one order can cause.
+    max_events_per_order: Annotated[int, Field(ge=10, le=100_000)] = 1000
     # ts must lie in [now - ts_max_age_s, now + ts_max_ahead_s] of the agent's clock.
     ts_max_age_s: Annotated[float, Field(gt=0, le=3650 * 86400)] = 30 * 86400.0
     ts_max_ahead_s: Annotated[float, Field(gt=0, le=365 * 86400)] = 86400.0

@@ -30,6 +30,10 @@ ORDER_EVENT_TYPES = ("start", "stop", "pause", "resume", "cancel")
 ID_FIELDS = ("event_id", "order_id", "lot_id", "equipment_id", "supersedes")
 TEXT_FIELDS = ("product_id", "unit")
 
+# RFC 3339 date-time (section 5.6): pydantic alone would also take "1769846400" as Unix time.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$"
+)
 # JSON strings (escapes included) are cut out before brackets are counted.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -45,16 +49,19 @@ class MesEventPayload(BaseModel):
     lot_id: str
     equipment_id: str | None = None
     product_id: str | None = None
-    quantity_good: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    quantity_scrap: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # strict: a JSON number, never "5" or true
+    quantity_good: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    quantity_scrap: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     unit: str = "piece"
     supersedes: str | None = None
 
     @field_validator("ts", mode="before")
     @classmethod
     def _rfc3339_with_offset(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not an RFC 3339 timestamp string")
+        if not isinstance(value, str) or not _RFC3339.match(value):
+            raise ValueError(
+                f"{value!r} is not an RFC 3339 timestamp (expected e.g. 2026-01-31T08:00:00+09:00)"
+            )
         return value
 
     @field_validator("ts")

@@ -97,6 +97,12 @@ def in_force(events: Sequence[EventLike]) -> tuple[list[EventLike], list[str]]:
     return kept, notes
 
 
+def _differs(older: EventLike, newer: EventLike) -> bool:
+    """A re-sent event with the same content (an MES retry under a new id) corrects nothing."""
+    fields = ("ts_ns", "quantity_good", "quantity_scrap", "unit", "product_id", "lot_id")
+    return any(getattr(older, name) != getattr(newer, name) for name in fields)
+
+
 def replay_order(
     events: Sequence[EventLike], open_end_ns: int, max_duration_ns: int | None = None
 ) -> OrderTimeline | None:
@@ -114,8 +120,12 @@ def replay_order(
     start = starts[-1]
     stops = [e for e in current if e.type == "stop"]
     stop: EventLike | None = stops[-1] if stops else None
-    for older in (*starts[:-1], *stops[:-1]):
-        corrections.append(f"{older.type} {older.event_id} replaced by a later {older.type}")
+    for older, newer in ((e, starts[-1]) for e in starts[:-1]):
+        if _differs(older, newer):
+            corrections.append(f"start {older.event_id} replaced by {newer.event_id}")
+    for older, newer in ((e, stops[-1]) for e in stops[:-1]):
+        if _differs(older, newer):
+            corrections.append(f"stop {older.event_id} replaced by {newer.event_id}")
     anomalies: list[str] = []
     if stop is not None and stop.ts_ns < start.ts_ns:
         anomalies.append(f"stop at {stop.ts_ns} before start at {start.ts_ns}: ignored")

@@ -509,6 +509,13 @@ class Store:
             # Raising inside the transaction rolls back whatever it already did (the enqueue).
             raise StoreError(f"cannot finalise order {order_id!r}: it was never opened")
 
+    async def reopen_order(self, order_id: str) -> None:
+        """A final order runs again (its stop was withdrawn); its revision count is kept."""
+        async with self._transaction("FULL", f"reopening order {order_id}"):
+            await self._db.execute(
+                "UPDATE orders SET status = 'open' WHERE order_id = ?", (order_id,)
+            )
+
     async def order_status(self, order_id: str) -> Status | None:
         query = "SELECT status, revision, record_id, finalised_ns FROM orders WHERE order_id = ?"
         row = await self._one(query, (order_id,))

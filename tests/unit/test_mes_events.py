@@ -39,7 +39,10 @@ def test_valid_start_is_parsed_to_utc_nanoseconds() -> None:
         (b"[1, 2]", "expected a JSON object, got list"),
         (raw(type="begin"), "type: 'begin' is not valid"),
         (raw(ts="2026-01-31T08:00:00"), "has no UTC offset"),
-        (raw(ts=12), "12 is not an RFC 3339 timestamp string"),
+        (raw(ts=12), "12 is not an RFC 3339 timestamp"),
+        (raw(ts="1769846400"), "'1769846400' is not an RFC 3339 timestamp"),
+        (raw(type="stop", quantity_good="5", quantity_scrap=0), "quantity_good: '5' is not valid"),
+        (raw(type="stop", quantity_good=True, quantity_scrap=0), "quantity_good: True is not valid"),
         (raw(event_id=...), "event_id: required field is missing"),
         (
             raw(equipment_id="oven"),

@@ -77,11 +77,18 @@ def test_the_last_received_stop_counts_whatever_the_ids_or_times() -> None:
     timeline = replay_order(events, open_end_ns=99 * S)
     assert timeline is not None
     assert timeline.quantity_good == 18
-    assert timeline.corrections == ("stop z-old replaced by a later stop",)
+    assert timeline.corrections == ("stop z-old replaced by a-new",)
     # a later-received stop with an earlier ts moves the end back
     moved = replay_order([*events, stop("fix-ts", 40, good=18)], open_end_ns=99 * S)
     assert moved is not None
     assert moved.occupied == ((10 * S, 40 * S),)
+
+
+def test_an_identical_stop_under_a_new_id_is_a_retry_not_a_correction() -> None:
+    events = [Ev("s", "start", 10 * S), stop("first", 50), stop("retry", 50)]
+    timeline = replay_order(events, open_end_ns=99 * S)
+    assert timeline is not None
+    assert timeline.corrections == ()
 
 
 def test_supersedes_takes_an_event_out_of_force_in_any_arrival_order() -> None:
