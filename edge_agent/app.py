@@ -72,7 +72,13 @@ class Agent:
         for source in self.sources:
             self._spawn(source.run(self.batcher.put), f"source {source.key}")
         self._spawn(self._housekeeping(), "housekeeping")
-        self.intake = MesIntake(config, self.engine, probe=store.probe_write, clock=self.clock)
+        self.intake = MesIntake(
+            config,
+            self.engine,
+            probe=store.probe_write,
+            clock=self.clock,
+            report_problem=self.publisher.report_problem,
+        )
         await self.intake.start()
         log.info(
             "edge-agent running: site %s, %d meters on %d connections, %d equipment",

@@ -92,13 +92,16 @@ class MesIntake:
         *,
         probe: Callable[[], Awaitable[None]] | None = None,
         clock: Clock | None = None,
+        report_problem: Callable[[str, str | None], None] | None = None,
     ) -> None:
         """``probe`` makes a small durable write: it tells a failing database (wait) from a
-        message that cannot be processed (dead-letter after ``mes.max_attempts``)."""
+        message that cannot be processed (dead-letter after ``mes.max_attempts``).
+        ``report_problem`` shows a blocked stream in the agent's status (None clears it)."""
         self._config = config
         self._engine = engine
         self._probe = probe
         self._clock = clock or SystemClock()
+        self._report_problem = report_problem
         self._known_equipment = frozenset(item.id for item in config.equipment)
         self._topic = mes_topic(config)
         self._dead_letter = dead_letter_topic(config)
@@ -215,6 +218,12 @@ class MesIntake:
                     return
                 if self.blocked_since is None:
                     self.blocked_since = time.monotonic()
+                    if self._report_problem is not None:
+                        self._report_problem(
+                            "mes_intake_blocked",
+                            f"the database cannot commit MES events since "
+                            f"{iso_from_ns(self._clock.now_ns())}: {exc!r}"[:300],
+                        )
                 log.error(
                     "MES intake blocked: the database cannot commit (%r); the message stays "
                     "unacknowledged and is retried in %.1f s (blocked for %.0f s)",
@@ -230,6 +239,8 @@ class MesIntake:
                     "MES intake unblocked after %.0f s", time.monotonic() - self.blocked_since
                 )
                 self.blocked_since = None
+                if self._report_problem is not None:
+                    self._report_problem("mes_intake_blocked", None)
             self._finish([message], [item], result)
             return
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from edge_agent.clock import Clock, SystemClock
@@ -32,10 +32,18 @@ class Outbox(Protocol):
     async def mark_sent_many(self, seqs: Sequence[int], sent_ns: int) -> None: ...
 
 
-def status_payload(config: AgentConfig, state: str) -> bytes:
-    return json.dumps(
-        {"state": state, "client_id": config.client_id, "site_id": config.site.id}
-    ).encode()
+def status_payload(
+    config: AgentConfig, state: str, problems: Mapping[str, str] | None = None
+) -> bytes:
+    """The retained status; ``problems`` (code -> detail) says what is wrong while online."""
+    body: dict[str, object] = {
+        "state": state,
+        "client_id": config.client_id,
+        "site_id": config.site.id,
+    }
+    if state == "online":
+        body["problems"] = [{"code": c, "detail": d} for c, d in sorted((problems or {}).items())]
+    return json.dumps(body).encode()
 
 
 class OutboxPublisher:
@@ -52,6 +60,8 @@ class OutboxPublisher:
             on_connected=self.notify,
         )
         self._task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self.problems: dict[str, str] = {}
         self._acked: list[int] = []
         self._inflight = asyncio.Semaphore(config.mqtt.max_inflight)
         self.published = 0
@@ -62,13 +72,38 @@ class OutboxPublisher:
         """Something new is in the outbox (or the link came back): drain now."""
         self._wake.set()
 
+    def report_problem(self, code: str, detail: str | None) -> None:
+        """Set (or clear, with None) a problem shown in the retained status message."""
+        before = dict(self.problems)
+        if detail is None:
+            self.problems.pop(code, None)
+        else:
+            self.problems[code] = detail
+        idle = self._status_task is None or self._status_task.done()
+        if self.problems != before and self.link.connected.is_set() and idle:
+            self._status_task = asyncio.create_task(self._publish_status(), name="status")
+
+    async def _publish_status(self) -> None:
+        sent = b""
+        try:
+            while (payload := self._online()) != sent:  # problems may change meanwhile
+                async with asyncio.timeout(5.0):
+                    await self.link.publish(self._status_topic, payload, retain=True)
+                sent = payload
+        except (ConnectionLost, TimeoutError) as exc:
+            log.info("status not published: %s (sent again on reconnect)", exc)
+
+    def _online(self) -> bytes:
+        return status_payload(self._config, "online", self.problems)
+
     async def start(self) -> None:
         await self.link.start()
         self._task = asyncio.create_task(self._run(), name="outbox-publisher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
+        for task in (self._task, self._status_task):
+            if task is not None:
+                await stop_task(task)
         await self._flush_acks()
         await self.link.stop(final=(self._status_topic, status_payload(self._config, "offline")))
 
@@ -76,9 +111,7 @@ class OutboxPublisher:
         while True:
             await self.link.connected.wait()
             try:
-                await self.link.publish(
-                    self._status_topic, status_payload(self._config, "online"), retain=True
-                )
+                await self.link.publish(self._status_topic, self._online(), retain=True)
                 await self._drain_while_connected()
             except ConnectionLost as exc:
                 log.info("publisher paused: %s", exc)
