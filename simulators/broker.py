@@ -40,8 +40,16 @@ def mosquitto_binary() -> str:
 
 
 class LocalMosquitto:
-    def __init__(self, port: int | None = None, folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        folder: Path | None = None,
+        *,
+        max_queued_messages: int | None = 100_000,
+    ) -> None:
+        """``max_queued_messages=None`` keeps Mosquitto's default (1,000 per client)."""
         self.host = HOST
+        self.max_queued_messages = max_queued_messages
         self.port = port or free_port()
         self._own_folder = folder is None
         self.folder = folder or Path(tempfile.mkdtemp(prefix="edge-agent-mosquitto-"))
@@ -69,8 +77,13 @@ class LocalMosquitto:
             "persistence true\n"
             f"persistence_location {self.folder}/\n"
             "autosave_interval 1\n"
-            "max_queued_messages 100000\n"
-            "log_dest stderr\n"
+            "sys_interval 1\n"  # $SYS counters (e.g. messages dropped) every second
+            + (
+                f"max_queued_messages {self.max_queued_messages}\n"
+                if self.max_queued_messages is not None
+                else ""
+            )
+            + "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"
         )
