@@ -87,6 +87,8 @@ class _Admission:
     slot_of: list[int | None] = field(default_factory=list)  # per outcome
     released: set[str] = field(default_factory=set)
     late: list[LateRejection] = field(default_factory=list)
+    known_before: set[str] = field(default_factory=set)  # orders with events before the batch
+    stored: dict[str, list[StoredEvent]] = field(default_factory=dict)  # per order, prefetched
 
     def add(self, outcome: Outcome, stored: StoredEvent | None) -> int:
         self.outcomes.append(outcome)
@@ -241,7 +243,7 @@ class OrderEngine:
             if position is not None and not inserted[position]:
                 outcomes[index] = Outcome("duplicate")
         try:
-            await self._schedule(events, outcomes, admission.released)
+            await self._schedule(events, outcomes, admission.released, admission.known_before)
         except Exception:  # committed: the batch must not be processed twice
             log.exception("scheduling after an MES batch failed; recomputing its orders")
             self._pending_orders.update(e.order_id for e in events if e.order_id is not None)
@@ -263,6 +265,8 @@ class OrderEngine:
         hold_until = now_ns + int(self._config.mes.hold_without_start_s * NS_PER_S)
         admission = _Admission(now_ns=now_ns, counts=Counter(parse_rejected))
         existing = await self._store.existing_event_ids([e.event_id for e in events])
+        orders = sorted({e.order_id for e in events if e.order_id and e.type != "lot_complete"})
+        admission.stored = await self._store.events_of_orders(orders)
         history: dict[str, list[OrderEvent]] = {}  # per order: stored + this batch, as received
         held: dict[str, list[_Held]] = {}  # per order: held events, stored or from this batch
         for event in events:
@@ -303,15 +307,17 @@ class OrderEngine:
         assert event.order_id is not None  # the parser requires it for order events
         order_id = event.order_id
         if order_id not in history:
-            history[order_id] = [
-                e for e in map(self._parse_stored, await self._store.events_for_order(order_id))
-                if e is not None
-            ]
+            stored = admission.stored.get(order_id, [])
+            in_force = [e for e in stored if e.held_until_ns is None]
+            history[order_id] = [e for e in map(self._parse_stored, in_force) if e is not None]
             held[order_id] = [
-                _Held(stored, parsed, None)
-                for stored in await self._store.held_events(order_id)
-                if (parsed := self._parse_stored(stored)) is not None
+                _Held(event, parsed, None)
+                for event in stored
+                if event.held_until_ns is not None
+                and (parsed := self._parse_stored(event)) is not None
             ]
+            if in_force:
+                admission.known_before.add(order_id)
         known = history[order_id]
         # Held events are not evidence yet: a wrong one must not get the real start rejected.
         reference = known or ([] if event.type == "start" else [h.event for h in held[order_id]])
@@ -399,7 +405,11 @@ class OrderEngine:
             )
 
     async def _schedule(
-        self, events: Sequence[OrderEvent], outcomes: Sequence[Outcome], released: set[str]
+        self,
+        events: Sequence[OrderEvent],
+        outcomes: Sequence[Outcome],
+        released: set[str],
+        known_before: set[str],
     ) -> None:
         """Orders and lots to (re)compute after a committed batch."""
         for event, outcome in zip(events, outcomes, strict=True):
@@ -412,6 +422,8 @@ class OrderEngine:
             if event.type in ("stop", "cancel") or event.order_id in released:
                 self._pending_orders.add(event.order_id)
                 continue
+            if event.order_id not in known_before:
+                continue  # a new order cannot be final yet
             status = await self._store.order_status(event.order_id)
             if status is not None and status.status == "final":
                 # A late pause/resume/start for a final order is a correction: recompute.
@@ -582,8 +594,8 @@ class OrderEngine:
             end_ns = now_ns  # while open it shared the equipment with everything up to now
         else:
             return  # a first record of an ordinary order: others already saw it as it ran
-        order_ids = await self._store.order_ids_on_equipment(
-            timeline.equipment_id, start_ns - _OVERLAP_LOOKBACK_NS, end_ns
+        order_ids = await self._store.order_ids_possibly_overlapping(
+            timeline.equipment_id, start_ns - _OVERLAP_LOOKBACK_NS, start_ns, end_ns
         )
         for other_id in order_ids:
             if other_id == timeline.order_id or other_id in self._pending_orders:
@@ -650,8 +662,8 @@ class OrderEngine:
         self, equipment_id: str, timeline: OrderTimeline, now_ns: int
     ) -> list[OrderTimeline]:
         end_ns = timeline.stop_ns if timeline.stop_ns is not None else now_ns
-        order_ids = await self._store.order_ids_on_equipment(
-            equipment_id, timeline.start_ns - _OVERLAP_LOOKBACK_NS, end_ns
+        order_ids = await self._store.order_ids_possibly_overlapping(
+            equipment_id, timeline.start_ns - _OVERLAP_LOOKBACK_NS, timeline.start_ns, end_ns
         )
         others = []
         for other_id in order_ids:

@@ -141,7 +141,8 @@ def _parse(
     if limits is not None:
         _check_size_and_depth(payload, limits)
     try:
-        data = json.loads(payload, object_pairs_hook=_unique_keys)
+        text = payload.decode("utf-8")  # RFC 8259: JSON between systems is UTF-8
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except EventRejected:
         raise
     except RecursionError:
@@ -185,7 +186,7 @@ def _parse(
         quantity_good=event.quantity_good,
         quantity_scrap=event.quantity_scrap,
         unit=event.unit,
-        raw_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
+        raw_json=text,  # as received: the audit trail keeps the MES's own text
         supersedes=event.supersedes,
     )
 

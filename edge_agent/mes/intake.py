@@ -24,7 +24,6 @@ No single message can stop, flood or fool the stream:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ from edge_agent.domain import iso_from_ns
 from edge_agent.engine import BatchResult, LateRejection
 from edge_agent.errors import EventRejected
 from edge_agent.mes.events import OrderEvent, parse_event
-from edge_agent.publish.link import ConnectionLost, MqttLink, Received
+from edge_agent.publish.link import MqttLink, Received
 from edge_agent.publish.topics import dead_letter_topic, mes_topic
 from edge_agent.tasks import stop_task
 
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _MAX_RETRY_S = 30.0
 _DEAD_LETTER_QUEUE = 10_000
-_DEAD_LETTER_BATCH = 200
+_DEAD_LETTERS_UNACKNOWLEDGED = 1_000
 _HOLD_CHECK_S = 1.0
 _LOG_PER_CODE_PER_MINUTE = 5
 
@@ -334,33 +333,29 @@ class MesIntake:
                 )
 
     async def _publish_letters(self) -> None:
+        """Dead letters go out QoS 1 without awaiting each PUBACK; paho keeps the window."""
         while True:
-            letters = [await self._letters.get()]
-            while len(letters) < _DEAD_LETTER_BATCH and not self._letters.empty():
-                letters.append(self._letters.get_nowait())
+            letter = await self._letters.get()
             if self._dead_letter is None:
                 continue
-            topic = self._dead_letter
-            results = await asyncio.gather(
-                *(self._send_letter(topic, letter) for letter in letters), return_exceptions=True
-            )
-            failed = [r for r in results if isinstance(r, BaseException)]
-            self.dead_letters_sent += len(letters) - len(failed)
-            if failed:
-                self.dead_letters_lost += len(failed)
-                log.warning(
-                    "%d dead letters not published: %s (the rejections are still counted)",
-                    len(failed),
-                    failed[0],
-                )
-
-    async def _send_letter(self, topic: str, letter: bytes) -> None:
-        async with asyncio.timeout(10.0):
-            await self.link.connected.wait()
-            with contextlib.suppress(ConnectionLost):
-                await self.link.publish(topic, letter)
-                return
-            raise ConnectionLost("connection lost before the broker acknowledged it")
+            try:
+                async with asyncio.timeout(10.0):
+                    await self.link.connected.wait()
+                    # Polled: an Event set from paho's thread would cost a hop per PUBACK.
+                    while self.link.unacknowledged >= _DEAD_LETTERS_UNACKNOWLEDGED:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+            except TimeoutError:
+                pass
+            if self.link.publish_nowait(self._dead_letter, letter):
+                self.dead_letters_sent += 1
+            else:
+                self.dead_letters_lost += 1
+                if self.dead_letters_lost % 1000 == 1:
+                    log.warning(
+                        "dead letters not published: not connected to the broker "
+                        "(the rejections are still counted; %d lost so far)",
+                        self.dead_letters_lost,
+                    )
 
     # -- events held for their start --------------------------------------------------------
 

@@ -67,6 +67,8 @@ class MqttLink:
         self.messages: asyncio.Queue[Received] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._early_acks: dict[int, int] = {}
+        self._untracked: set[int] = set()  # QoS 1 messages nobody awaits (publish_nowait)
+        self.untracked_acked = 0
         self._mutex = threading.Lock()  # guards _pending/_early_acks against paho's thread
         self.connects = 0
         client = paho.Client(
@@ -146,6 +148,28 @@ class MqttLink:
             return
         await future
 
+    def publish_nowait(self, topic: str, payload: bytes) -> bool:
+        """QoS 1 without waiting for the PUBACK (best-effort traffic such as dead letters).
+
+        False when not connected (nothing is queued then: paho's own queue is unbounded).
+        ``unacknowledged`` says how many such messages still wait for their PUBACK.
+        """
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        with self._mutex:
+            if self._early_acks.pop(info.mid, None) is None:
+                self._untracked.add(info.mid)
+            else:
+                self.untracked_acked += 1
+        return True
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._untracked)
+
     @staticmethod
     def _check_reason(topic: str, reason: int) -> None:
         if reason >= 0x80:
@@ -186,7 +210,11 @@ class MqttLink:
         with self._mutex:
             future = self._pending.pop(mid, None)
             if future is None:
-                self._early_acks[mid] = code
+                if mid in self._untracked:
+                    self._untracked.discard(mid)
+                    self.untracked_acked += 1
+                else:
+                    self._early_acks[mid] = code
                 return
         self._call(self._resolve, future, code)
 
@@ -215,6 +243,7 @@ class MqttLink:
         with self._mutex:
             pending, self._pending = self._pending, {}
             self._early_acks.clear()
+            self._untracked.clear()  # paho re-sends what it has in flight; nobody awaits them
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(why))

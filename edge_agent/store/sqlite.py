@@ -359,8 +359,51 @@ class Store:
                     "AND held_until_ns IS NOT NULL",
                     (order_id,),
                 )
-            inserted = [await self._insert_event(event) for event in batch.events]
+            inserted = await self._insert_events(batch.events)
             await self._count_rejected(batch.rejected)
+        return inserted
+
+    async def _insert_events(self, events: Sequence[StoredEvent]) -> list[bool]:
+        """Insert in two statements (events, then the orders they open), not one per row."""
+        marks = ", ".join("?" * 10)
+        before = self._db.total_changes
+        await self._db.executemany(
+            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({marks})",
+            [
+                (
+                    e.event_id, e.type, e.ts_ns, e.order_id, e.lot_id, e.equipment_id,
+                    e.payload_json, e.received_ns, e.supersedes, e.held_until_ns,
+                )
+                for e in events
+            ],
+        )  # fmt: skip
+        if self._db.total_changes - before != len(events):
+            # Some were already stored (the caller checks first; this is the safe fallback):
+            # find out which, row by row, inside the same transaction.
+            async with self._db.execute(
+                "SELECT event_id, received_ns FROM events WHERE event_id IN "
+                f"({', '.join('?' * len(events))})",
+                [e.event_id for e in events],
+            ) as cursor:
+                stored = {row[0]: row[1] for row in await cursor.fetchall()}
+            inserted = [stored.get(e.event_id) == e.received_ns for e in events]
+            seen: set[str] = set()
+            for index, event in enumerate(events):  # the first of a repeated id wins
+                if event.event_id in seen:
+                    inserted[index] = False
+                seen.add(event.event_id)
+        else:
+            inserted = [True] * len(events)
+        opening = {
+            (e.order_id, e.lot_id, e.equipment_id): None
+            for e, new in zip(events, inserted, strict=True)
+            if new and e.held_until_ns is None and e.order_id and e.equipment_id
+        }
+        await self._db.executemany(
+            "INSERT INTO orders (order_id, lot_id, equipment_id, status) "
+            "VALUES (?, ?, ?, 'open') ON CONFLICT (order_id) DO NOTHING",
+            list(opening),
+        )
         return inserted
 
     async def held_events(self, order_id: str) -> list[StoredEvent]:
@@ -431,6 +474,47 @@ class Store:
             "AND ts_ns BETWEEN ? AND ? ORDER BY order_id"
         )
         return [row[0] for row in await self._all(query, (equipment_id, from_ns, to_ns))]
+
+    async def order_ids_possibly_overlapping(
+        self, equipment_id: str, started_from_ns: int, from_ns: int, to_ns: int
+    ) -> list[str]:
+        """Orders on this equipment started in [started_from, to] that may occupy part of
+        [from, to]; a superset: the replay decides.
+
+        An order is left out only when it certainly ended before ``from``: it has a stop, none
+        of its stops is after ``from``, and none of its events was ever withdrawn (a withdrawn
+        stop reopens an order). This keeps finalising one order from replaying a week of them.
+        """
+        query = (
+            "SELECT DISTINCT s.order_id FROM events s WHERE s.equipment_id = ? "
+            "AND s.type = 'start' AND s.held_until_ns IS NULL AND s.ts_ns BETWEEN ? AND ? "
+            "AND NOT (EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
+            "    AND t.type = 'stop' AND t.held_until_ns IS NULL) "
+            "  AND NOT EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
+            "    AND t.type = 'stop' AND t.ts_ns > ?) "
+            "  AND NOT EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
+            "    AND t.type = 'cancel' AND t.supersedes IS NOT NULL)) "
+            "ORDER BY s.order_id"
+        )
+        params = (equipment_id, started_from_ns, to_ns, from_ns)
+        return [row[0] for row in await self._all(query, params)]
+
+    async def events_of_orders(self, order_ids: Sequence[str]) -> dict[str, list[StoredEvent]]:
+        """Every stored event (held ones included) of these orders, each in arrival order.
+
+        One query for a whole MES batch: every aiosqlite call is a thread hop.
+        """
+        found: dict[str, list[StoredEvent]] = {order_id: [] for order_id in order_ids}
+        for chunk_start in range(0, len(order_ids), 500):  # SQLite's bound-parameter limit
+            chunk = order_ids[chunk_start : chunk_start + 500]
+            marks = ", ".join("?" * len(chunk))
+            query = (
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE order_id IN ({marks}) ORDER BY rowid"
+            )
+            for row in await self._all(query, chunk):
+                event = _event(row)
+                found[event.order_id or ""].append(event)
+        return found
 
     async def order_ids_in_lot(self, lot_id: str) -> list[str]:
         query = "SELECT order_id FROM orders WHERE lot_id = ? ORDER BY order_id"
