@@ -482,8 +482,9 @@ class Store:
         [from, to]; a superset: the replay decides.
 
         An order is left out only when it certainly ended before ``from``: it has a stop, none
-        of its stops is after ``from``, and none of its events was ever withdrawn (a withdrawn
-        stop reopens an order). This keeps finalising one order from replaying a week of them.
+        of its stops is after ``from`` or before one of its starts, and it has no correction
+        (``supersedes``) at all — a withdrawn stop reopens an order, and corrections are rare
+        enough to replay. This keeps finalising one order from replaying a week of them.
         """
         query = (
             "SELECT DISTINCT s.order_id FROM events s WHERE s.equipment_id = ? "
@@ -491,9 +492,11 @@ class Store:
             "AND NOT (EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
             "    AND t.type = 'stop' AND t.held_until_ns IS NULL) "
             "  AND NOT EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
-            "    AND t.type = 'stop' AND t.ts_ns > ?) "
+            "    AND t.type = 'stop' AND (t.ts_ns > ? OR t.ts_ns < ("
+            "      SELECT MAX(u.ts_ns) FROM events u WHERE u.order_id = s.order_id "
+            "      AND u.type = 'start'))) "
             "  AND NOT EXISTS (SELECT 1 FROM events t WHERE t.order_id = s.order_id "
-            "    AND t.type = 'cancel' AND t.supersedes IS NOT NULL)) "
+            "    AND t.supersedes IS NOT NULL)) "
             "ORDER BY s.order_id"
         )
         params = (equipment_id, started_from_ns, to_ns, from_ns)
