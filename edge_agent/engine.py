@@ -311,10 +311,9 @@ class OrderEngine:
             in_force = [e for e in stored if e.held_until_ns is None]
             history[order_id] = [e for e in map(self._parse_stored, in_force) if e is not None]
             held[order_id] = [
-                _Held(event, parsed, None)
-                for event in stored
-                if event.held_until_ns is not None
-                and (parsed := self._parse_stored(event)) is not None
+                _Held(row, parsed, None)
+                for row in stored
+                if row.held_until_ns is not None and (parsed := self._parse_stored(row)) is not None
             ]
             if in_force:
                 admission.known_before.add(order_id)
