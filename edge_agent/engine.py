@@ -88,6 +88,8 @@ class _Admission:
     released: set[str] = field(default_factory=set)
     late: list[LateRejection] = field(default_factory=list)
     known_before: set[str] = field(default_factory=set)  # orders with events before the batch
+    existing: set[str] = field(default_factory=set)  # event ids stored, or taken by this batch
+    by_id: dict[str, OrderEvent] = field(default_factory=dict)  # this batch's events, taken
     stored: dict[str, list[StoredEvent]] = field(default_factory=dict)  # per order, prefetched
 
     def add(self, outcome: Outcome, stored: StoredEvent | None) -> int:
@@ -110,6 +112,10 @@ class _Admission:
 
     def reject(self, slot: int, exc: EventRejected) -> None:
         index = self._outcome_index(slot)
+        stored = self.slots[slot]
+        if stored is not None:  # not stored after all: a fixed copy may come later
+            self.existing.discard(stored.event_id)
+            self.by_id.pop(stored.event_id, None)
         self.slots[slot] = None
         self.slot_of[index] = None
         self.outcomes[index] = Outcome("rejected", exc.code, exc.reason)
@@ -134,13 +140,14 @@ class _Admission:
 
 
 def _stored(event: OrderEvent, now_ns: int, held_until_ns: int | None) -> StoredEvent:
+    is_order_event = event.type != "lot_complete"  # an order_id on a lot_complete is ignored
     return StoredEvent(
         event_id=event.event_id,
         type=event.type,
         ts_ns=event.ts_ns,
-        order_id=event.order_id,
+        order_id=event.order_id if is_order_event else None,
         lot_id=event.lot_id,
-        equipment_id=event.equipment_id,
+        equipment_id=event.equipment_id if is_order_event else None,
         payload_json=event.raw_json,
         received_ns=now_ns,
         supersedes=event.supersedes,
@@ -162,6 +169,15 @@ def _check_same_equipment(event: OrderEvent, equipment_id: str | None) -> None:
             f"which is on {equipment_id!r} (to move an order, cancel it and start a new "
             "order id)",
             "equipment_mismatch",
+        )
+
+
+def _check_same_lot(event: OrderEvent, lot_id: str) -> None:
+    if event.lot_id != lot_id:
+        raise EventRejected(
+            f"lot_id {event.lot_id!r} does not match order {event.order_id!r}, which belongs "
+            f"to lot {lot_id!r} (an order produces one lot: cancel it and start a new order id)",
+            "lot_mismatch",
         )
 
 
@@ -264,7 +280,9 @@ class OrderEngine:
         now_ns = self._clock.now_ns()
         hold_until = now_ns + int(self._config.mes.hold_without_start_s * NS_PER_S)
         admission = _Admission(now_ns=now_ns, counts=Counter(parse_rejected))
-        existing = await self._store.existing_event_ids([e.event_id for e in events])
+        existing = admission.existing = await self._store.existing_event_ids(
+            [e.event_id for e in events]
+        )
         orders = sorted({e.order_id for e in events if e.order_id and e.type != "lot_complete"})
         admission.stored = await self._store.events_of_orders(orders)
         history: dict[str, list[OrderEvent]] = {}  # per order: stored + this batch, as received
@@ -281,6 +299,7 @@ class OrderEngine:
                 admission.add(Outcome("rejected", exc.code, exc.reason), None)
                 continue
             existing.add(event.event_id)
+            admission.by_id[event.event_id] = event
             stored = _stored(event, now_ns, hold_until if verdict == "held" else None)
             index = admission.add(Outcome(verdict), stored)
             if event.order_id is not None and event.type != "lot_complete":
@@ -302,7 +321,7 @@ class OrderEngine:
         """Accepted or held; raises EventRejected with the reason."""
         if event.type == "lot_complete":
             if event.supersedes is not None:
-                await self._check_supersedes(event, [])
+                await self._check_supersedes(event, [], admission)
             return "accepted"
         assert event.order_id is not None  # the parser requires it for order events
         order_id = event.order_id
@@ -322,6 +341,7 @@ class OrderEngine:
         reference = known or ([] if event.type == "start" else [h.event for h in held[order_id]])
         for other in reference[:1]:
             _check_same_equipment(event, other.equipment_id)
+            _check_same_lot(event, other.lot_id)
         if len(known) + len(held[order_id]) >= self._config.mes.max_events_per_order:
             raise EventRejected(
                 f"order {order_id!r} already has {len(known) + len(held[order_id])} events "
@@ -329,7 +349,9 @@ class OrderEngine:
                 "too_many_events",
             )
         if event.supersedes is not None:
-            await self._check_supersedes(event, [*known, *(h.event for h in held[order_id])])
+            await self._check_supersedes(
+                event, [*known, *(h.event for h in held[order_id])], admission
+            )
         before = replay_order(known, open_end_ns=admission.now_ns)
         if event.type != "start":
             if before is None:
@@ -360,6 +382,7 @@ class OrderEngine:
         for item in waiting:
             try:
                 _check_same_equipment(item.event, start.equipment_id)
+                _check_same_lot(item.event, start.lot_id)
                 _check_after_start(item.event, start.ts_ns)
             except EventRejected as exc:
                 if item.batch_index is None:
@@ -375,9 +398,13 @@ class OrderEngine:
                 admission.unhold(item.batch_index)
             history[start.order_id].append(item.event)
 
-    async def _check_supersedes(self, event: OrderEvent, known: Sequence[OrderEvent]) -> None:
+    async def _check_supersedes(
+        self, event: OrderEvent, known: Sequence[OrderEvent], admission: _Admission
+    ) -> None:
         target_id = event.supersedes
         target = next((e for e in known if e.event_id == target_id), None)
+        if target is None and target_id is not None:
+            target = admission.by_id.get(target_id)  # earlier in this very batch
         if target is None and target_id is not None:
             stored = await self._store.event_by_id(target_id)
             target = self._parse_stored(stored) if stored is not None else None

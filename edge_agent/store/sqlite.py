@@ -334,6 +334,7 @@ class Store:
         # order's lot waiting.
         if (
             inserted
+            and event.type != "lot_complete"
             and event.held_until_ns is None
             and event.order_id is not None
             and event.equipment_id is not None
@@ -398,6 +399,7 @@ class Store:
             (e.order_id, e.lot_id, e.equipment_id): None
             for e, new in zip(events, inserted, strict=True)
             if new and e.held_until_ns is None and e.order_id and e.equipment_id
+            and e.type != "lot_complete"
         }
         await self._db.executemany(
             "INSERT INTO orders (order_id, lot_id, equipment_id, status) "
