@@ -61,7 +61,7 @@ class RecordSubscriber:
     def _on_message(self, _: Any, __: Any, message: paho.MQTTMessage) -> None:
         try:
             body = json.loads(message.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # a consumer must survive any payload on its topic
             return
         self._loop.call_soon_threadsafe(self._add, message.topic, body)
 

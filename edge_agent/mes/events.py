@@ -180,9 +180,10 @@ def _parse(
     if limits is not None and now_ns is not None:
         _check_ts_window(event.ts, ts_ns, now_ns, limits)
     if event.equipment_id is not None and event.equipment_id not in known_equipment:
+        known = sorted(known_equipment)
+        shown = ", ".join(known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
         raise EventRejected(
-            f"equipment_id {event.equipment_id!r} is not configured "
-            f"(known: {', '.join(sorted(known_equipment))})",
+            f"equipment_id {event.equipment_id!r} is not configured (known: {shown})",
             "unknown_equipment",
         )
     return OrderEvent(
