@@ -267,13 +267,6 @@ class OrderEngine:
             self._kick.set()
         return BatchResult(outcomes, admission.late)
 
-    async def handle_event(self, event: OrderEvent) -> None:
-        """One event (tests, tools); raises EventRejected when it is rejected."""
-        result = await self.handle_batch([event])
-        outcome = result.outcomes[0]
-        if outcome.status == "rejected":
-            raise EventRejected(outcome.reason, outcome.code)
-
     async def _admit(
         self, events: Sequence[OrderEvent], parse_rejected: Mapping[str, int]
     ) -> _Admission:

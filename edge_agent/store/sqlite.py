@@ -318,28 +318,7 @@ class Store:
         same transaction, so a crash can never leave an event whose order is forgotten.
         """
         async with self._transaction("FULL", f"storing event {event.event_id}"):
-            return await self._insert_event(event)
-
-    async def _insert_event(self, event: StoredEvent) -> bool:
-        cursor = await self._db.execute(
-            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.event_id, event.type, event.ts_ns, event.order_id, event.lot_id,
-                event.equipment_id, event.payload_json, event.received_ns, event.supersedes,
-                event.held_until_ns,
-            ),
-        )  # fmt: skip
-        inserted = cursor.rowcount == 1
-        # A held event does not open its order: a start that never comes must not keep the
-        # order's lot waiting.
-        if (
-            inserted
-            and event.type != "lot_complete"
-            and event.held_until_ns is None
-            and event.order_id is not None
-            and event.equipment_id is not None
-        ):
-            await self._insert_open_order(event.order_id, event.lot_id, event.equipment_id)
+            [inserted] = await self._insert_events([event])
         return inserted
 
     async def commit_intake(self, batch: IntakeCommit) -> list[bool]:
@@ -365,40 +344,35 @@ class Store:
         return inserted
 
     async def _insert_events(self, events: Sequence[StoredEvent]) -> list[bool]:
-        """Insert in two statements (events, then the orders they open), not one per row."""
-        marks = ", ".join("?" * 10)
-        before = self._db.total_changes
+        """Insert in two statements (events, then the orders they open), not one per row.
+
+        Inside the caller's transaction; returns per event whether it was new (a stored id, or
+        an id repeated in ``events``, is a duplicate: the first one wins).
+        """
+        async with self._db.execute(
+            f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(events))})",
+            [e.event_id for e in events],
+        ) as cursor:
+            taken = {row[0] for row in await cursor.fetchall()}
+        inserted = []
+        for event in events:
+            inserted.append(event.event_id not in taken)
+            taken.add(event.event_id)
+        new = [e for e, is_new in zip(events, inserted, strict=True) if is_new]
         await self._db.executemany(
-            f"INSERT OR IGNORE INTO events ({_EVENT_COLUMNS}) VALUES ({marks})",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 10)})",
             [
                 (
                     e.event_id, e.type, e.ts_ns, e.order_id, e.lot_id, e.equipment_id,
                     e.payload_json, e.received_ns, e.supersedes, e.held_until_ns,
                 )
-                for e in events
+                for e in new
             ],
         )  # fmt: skip
-        if self._db.total_changes - before != len(events):
-            # Some were already stored (the caller checks first; this is the safe fallback):
-            # find out which, row by row, inside the same transaction.
-            async with self._db.execute(
-                "SELECT event_id, received_ns FROM events WHERE event_id IN "
-                f"({', '.join('?' * len(events))})",
-                [e.event_id for e in events],
-            ) as cursor:
-                stored = {row[0]: row[1] for row in await cursor.fetchall()}
-            inserted = [stored.get(e.event_id) == e.received_ns for e in events]
-            seen: set[str] = set()
-            for index, event in enumerate(events):  # the first of a repeated id wins
-                if event.event_id in seen:
-                    inserted[index] = False
-                seen.add(event.event_id)
-        else:
-            inserted = [True] * len(events)
         opening = {
             (e.order_id, e.lot_id, e.equipment_id): None
-            for e, new in zip(events, inserted, strict=True)
-            if new and e.held_until_ns is None and e.order_id and e.equipment_id
+            for e in new
+            if e.held_until_ns is None and e.order_id and e.equipment_id
             and e.type != "lot_complete"
         }
         await self._db.executemany(
