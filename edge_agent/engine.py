@@ -85,6 +85,7 @@ class _Admission:
     outcomes: list[Outcome] = field(default_factory=list)
     slots: list[StoredEvent | None] = field(default_factory=list)
     slot_of: list[int | None] = field(default_factory=list)  # per outcome
+    ids: list[str] = field(default_factory=list)  # per outcome: its event_id
     released: set[str] = field(default_factory=set)
     late: list[LateRejection] = field(default_factory=list)
     known_before: set[str] = field(default_factory=set)  # orders with events before the batch
@@ -92,7 +93,8 @@ class _Admission:
     by_id: dict[str, OrderEvent] = field(default_factory=dict)  # this batch's events, taken
     stored: dict[str, list[StoredEvent]] = field(default_factory=dict)  # per order, prefetched
 
-    def add(self, outcome: Outcome, stored: StoredEvent | None) -> int:
+    def add(self, event_id: str, outcome: Outcome, stored: StoredEvent | None) -> int:
+        self.ids.append(event_id)
         self.outcomes.append(outcome)
         if stored is None:
             self.slot_of.append(None)
@@ -120,6 +122,11 @@ class _Admission:
         self.slot_of[index] = None
         self.outcomes[index] = Outcome("rejected", exc.code, exc.reason)
         self.counts[exc.code] += 1
+        for later, event_id in enumerate(self.ids):  # its copies judged duplicates meanwhile
+            copy = later > index and event_id == self.ids[index]
+            if copy and self.outcomes[later].status == "duplicate":
+                self.outcomes[later] = Outcome("rejected", exc.code, exc.reason)
+                self.counts[exc.code] += 1
 
     def commit(self) -> tuple[IntakeCommit, list[int | None]]:
         """The store's batch, and per outcome its position in it (None: nothing stored)."""
@@ -282,19 +289,19 @@ class OrderEngine:
         held: dict[str, list[_Held]] = {}  # per order: held events, stored or from this batch
         for event in events:
             if event.event_id in existing:
-                admission.add(Outcome("duplicate"), None)
+                admission.add(event.event_id, Outcome("duplicate"), None)
                 continue
             try:
                 verdict = await self._judge(event, history, held, admission)
             except EventRejected as exc:
                 # Not stored: a fixed copy under the same id later in the batch is judged anew.
                 admission.counts[exc.code] += 1
-                admission.add(Outcome("rejected", exc.code, exc.reason), None)
+                admission.add(event.event_id, Outcome("rejected", exc.code, exc.reason), None)
                 continue
             existing.add(event.event_id)
             admission.by_id[event.event_id] = event
             stored = _stored(event, now_ns, hold_until if verdict == "held" else None)
-            index = admission.add(Outcome(verdict), stored)
+            index = admission.add(event.event_id, Outcome(verdict), stored)
             if event.order_id is not None and event.type != "lot_complete":
                 if verdict == "held":
                     held[event.order_id].append(_Held(stored, event, index))

@@ -230,3 +230,16 @@ async def test_the_overlap_prefilter_never_misses_an_overlapping_order(
             timeline = replay_order(parsed, open_end_ns=200 * NS_PER_S)
             if timeline is not None and timeline.overlaps(a, b):
                 assert order in candidates, (order, [(e.event_id, e.type, e.ts_ns) for e in stored])
+
+
+async def test_copies_of_a_held_event_rejected_at_its_start_are_rejected_too(bench: Bench) -> None:
+    """Found by the engine fuzz: a held pause, its copy (a duplicate while the pause was held),
+    then a start of another lot: the pause is rejected, and so is its copy — both counted."""
+    pause = bench.event("e0", "pause", 0, lot_id="L2")
+    start = bench.event("e1", "start", 0, lot_id="L1")
+    assert await bench.statuses(pause, pause, start) == [
+        ("rejected", "lot_mismatch"),
+        ("rejected", "lot_mismatch"),
+        ("accepted", ""),
+    ]
+    assert (await bench.store.rejected_counts())["lot_mismatch"] == 2
