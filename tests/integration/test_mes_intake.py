@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -165,9 +166,12 @@ class DeadLetterWatcher:
         self.received: list[dict[str, Any]] = []
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dl-watch")
         client.on_message = lambda *args: self.received.append(json.loads(args[2].payload))
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *args: subscribed.set()
         client.connect(broker.host, broker.port)
         client.subscribe("p/s1/mes/dead-letter", qos=1)
         client.loop_start()
+        assert subscribed.wait(10), "dead-letter watcher not subscribed"  # no letter missed
         self._client = client
 
     def close(self) -> None:
