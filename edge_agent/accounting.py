@@ -44,6 +44,9 @@ from edge_agent.mes.timeline import OrderTimeline
 
 # Readings further apart than this many poll intervals are a communication gap.
 GAP_INTERVALS = 3.0
+# A boundary between readings further apart than this many poll intervals was not read on its
+# event (a missed poll, a meter outage, the agent's own down-time): it is an estimate.
+BOUNDARY_GAP_INTERVALS = 1.5
 CANCELLED = "order_cancelled"
 # A power reading this close to a counter reading was taken in the same poll.
 SAME_POLL_NS = 250_000_000
@@ -117,6 +120,7 @@ def meter_series(
         unit=unit,
         max_power_kw=equipment.max_power_kw,
         gap_s=GAP_INTERVALS * interval_s + meter.timeout_s,
+        boundary_gap_s=BOUNDARY_GAP_INTERVALS * interval_s,
         modulus=modulus * factor if modulus is not None else None,
         resolution=resolution,
     )

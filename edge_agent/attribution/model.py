@@ -51,6 +51,11 @@ class MeterSeries:
     # float32 counter its step at the current total, see series.float32_step). 0 = unknown.
     resolution: float = 0.0
     carrier: str | None = None  # energy carrier when it differs from the equipment's
+    # Readings further apart than this around a boundary make the boundary an estimate.
+    boundary_gap_s: float | None = None
+    # Times the agent itself was down (from its run marks): no reading was possible, so a
+    # boundary inside one was not read on its event.
+    outages: tuple[Interval, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,7 @@ class Share:
     measured: float
     by_state: dict[str, StateShare] = field(default_factory=dict)
     flags: tuple[Flag, ...] = ()  # allocation events that concern this share only
+    uncertainty: float = 0.0  # bound on |true - energy|, in the meter's unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +125,4 @@ class MeterAllocation:
     sample_count: int  # readings inside the window
     flags: tuple[Flag, ...]  # meter-level: corrections, gaps, extrapolation inside the window
     carrier: str | None = None
+    uncertainty: float = 0.0  # bound on |true - total|, in ``unit``
