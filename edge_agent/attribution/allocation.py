@@ -11,6 +11,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 from edge_agent.attribution.model import (
     Flag,
@@ -23,7 +24,13 @@ from edge_agent.attribution.model import (
     StateChange,
     StateShare,
 )
-from edge_agent.attribution.series import cumulative, dedupe, energy_between
+from edge_agent.attribution.series import (
+    Cumulative,
+    PointError,
+    cumulative,
+    dedupe,
+    energy_between,
+)
 
 UNKNOWN_STATE = "unknown"
 # Quantisation of the counter worth telling the consumer: ±2 steps over this share of the energy.
@@ -94,6 +101,10 @@ def allocate(
 
     per_order = {order.order_id: _Accumulator() for order in orders}
     idle = _Accumulator()
+    # Each share's weight in every segment: its error is the sum of the point errors weighted
+    # by the changes of its weight (what the segments' differences of C telescope to).
+    weights: dict[str, list[float]] = {order.order_id: [] for order in orders}
+    idle_weights: list[float] = []
     values = [curve.at(t) for t in points]
     for (s, e), (cs, ce) in zip(
         itertools.pairwise(points), itertools.pairwise(values), strict=True
@@ -110,11 +121,15 @@ def allocate(
             for order in orders
             if any(i.start_ns <= s and e <= i.end_ns for i in order.intervals)
         ]
+        for series_weights in weights.values():
+            series_weights.append(0.0)
+        idle_weights.append(0.0 if active else 1.0)
         if not active:
             idle.add(energy, measured, state, seconds)
             continue
-        weights, fell_back = split_weights(active, split)
-        for order, weight in zip(active, weights, strict=True):
+        split_shares, fell_back = split_weights(active, split)
+        for order, weight in zip(active, split_shares, strict=True):
+            weights[order.order_id][-1] = weight
             target = per_order[order.order_id]
             target.add(energy * weight, measured * weight, state, seconds)
             if len(active) > 1:
@@ -128,6 +143,14 @@ def allocate(
                     Flag("split_equal_fallback", "quantity split without quantities: split equally")
                 )
 
+    errors = [curve.point_error(t) for t in points]
+    pieces = [curve.segment_bound(s, e) for s, e in itertools.pairwise(points)]
+    shares = {
+        order_id: _with_error(acc.share(), weights[order_id], points, errors, pieces, curve)
+        for order_id, acc in per_order.items()
+    }
+    idle_share = _with_error(idle.share(), idle_weights, points, errors, pieces, curve)
+
     piece = energy_between(curve, a, b)
     flags = list(piece.flags)
     if series.resolution > 0 and 2 * series.resolution > RESOLUTION_NOTICE * abs(piece.energy):
@@ -138,6 +161,15 @@ def allocate(
                 f"±{2 * series.resolution:g} on {piece.energy:.6g} {series.unit}",
             )
         )
+    if any(curve.shaped):
+        flags.append(
+            Flag(
+                "counter_shaped_by_power",
+                f"{curve.label} register step {series.resolution:g} {series.unit} is coarse: "
+                "each increment is spread by the meter's power readings",
+            )
+        )
+    whole, whole_resolution = _error_bound([1.0] * len(pieces), errors, pieces)
     return MeterAllocation(
         meter_id=series.meter_id,
         point=series.point,
@@ -145,13 +177,68 @@ def allocate(
         unit=series.unit,
         window=window,
         total=values[-1] - values[0],
-        measured=piece.measured,
+        measured=max(0.0, piece.measured - whole_resolution),
         coverage=piece.coverage,
-        orders={order_id: acc.share() for order_id, acc in per_order.items()},
-        idle=idle.share(),
+        orders=shares,
+        idle=idle_share,
         first_reading=piece.first_reading,
         last_reading=piece.last_reading,
         sample_count=piece.sample_count,
         flags=tuple(flags),
         carrier=series.carrier,
+        uncertainty=whole,
+    )
+
+
+def _error_bound(
+    weights: Sequence[float], errors: Sequence[PointError], pieces: Sequence[float]
+) -> tuple[float, float]:
+    """(bound on |error| of Σ weight·ΔC over the segments, the registers' resolution part).
+
+    Σ_seg w·(δ(e) − δ(s)) = Σ_points δ(p)·(w before p − w after p): each point's error counts
+    with the change of weight there; the centres' sum is a known offset, the widths add up.
+    """
+    centre: list[float] = []
+    width: list[float] = []
+    resolution: list[float] = []
+    resolution_centre: list[float] = []
+    for index, error in enumerate(errors):
+        before = weights[index - 1] if index > 0 else 0.0
+        after = weights[index] if index < len(weights) else 0.0
+        change = before - after
+        if change == 0.0:
+            continue
+        centre.append(change * error.centre)
+        width.append(abs(change) * error.width)
+        resolution.append(abs(change) * error.resolution)
+        resolution_centre.append(change * error.resolution_centre)
+    additive = math.fsum(w * piece for w, piece in zip(weights, pieces, strict=True))
+    bound = abs(math.fsum(centre)) + math.fsum(width) + additive
+    return bound, abs(math.fsum(resolution_centre)) + math.fsum(resolution)
+
+
+def _with_error(
+    share: Share,
+    weights: Sequence[float],
+    points: Sequence[int],
+    errors: Sequence[PointError],
+    pieces: Sequence[float],
+    curve: Cumulative,
+) -> Share:
+    """``share`` with its error bound, its unresolved part taken out of the measured energy,
+    and a flag for each of its boundaries that fell in a reading gap."""
+    bound, unresolved = _error_bound(weights, errors, pieces)
+    flags = list(share.flags)
+    for index, t_ns in enumerate(points):
+        before = weights[index - 1] if index > 0 else 0.0
+        after = weights[index] if index < len(weights) else 0.0
+        if before != after:
+            flag = curve.boundary_flag(t_ns, "boundary")
+            if flag is not None:
+                flags.append(flag)
+    return replace(
+        share,
+        measured=max(0.0, share.measured - unresolved),
+        flags=tuple(dedupe(flags)),
+        uncertainty=bound,
     )

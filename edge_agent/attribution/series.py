@@ -23,9 +23,10 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edge_agent.attribution.model import NS_PER_HOUR, Flag, MeterSeries, Reading
+from edge_agent.attribution.shaping import shape_counter
 
 # A reading whose implied power exceeds the equipment's maximum by this factor is a spike.
 SPIKE_MARGIN = 1.5
@@ -45,6 +46,17 @@ class Correction:
 
 
 @dataclass(frozen=True, slots=True)
+class PointError:
+    """``true C(t) − C(t)`` lies in centre ± width; ``resolution`` is the part of ``width``
+    that the registers' step causes (it counts as not measured)."""
+
+    centre: float
+    width: float
+    resolution: float
+    resolution_centre: float = 0.0  # the step's share of ``centre`` (raw readings: step / 2)
+
+
+@dataclass(frozen=True, slots=True)
 class Cumulative:
     """C(t) known at ``times``; ``estimated[i]`` marks segment [times[i], times[i+1]].
 
@@ -59,6 +71,14 @@ class Cumulative:
     powers: tuple[float, ...] = ()  # kW at ``times`` for power series (quadratic segments)
     readings: tuple[Reading, ...] = ()
     label: str = ""  # meter.point, for flag details
+    resolution: float = 0.0  # the register's step (0 = unknown or negligible)
+    max_rate: float = math.inf  # the most a real meter can count, per nanosecond
+    boundary_gap_ns: int | None = None  # a boundary between readings further apart is estimated
+    outages: tuple[tuple[int, int], ...] = ()  # the agent's own down-times
+    # Coarse counters shaped by the meter's power (see shaping.py): per segment, whether its
+    # increment follows the power readings; per knot, (centre, half-width) of true − C.
+    shaped: tuple[bool, ...] = ()
+    knot_errors: tuple[tuple[float, float], ...] = ()
 
     @property
     def flags(self) -> tuple[Flag, ...]:
@@ -95,6 +115,8 @@ class Cumulative:
             span_h = (t1 - t0) / NS_PER_HOUR
             slope = (p1 - p0) / span_h
             return c0 + p0 * dt_h + 0.5 * slope * dt_h * dt_h
+        if self.shaped and self.shaped[i]:
+            return c0 + (c1 - c0) * _power_fraction(self.readings[i], self.readings[i + 1], t_ns)
         step = self._power_step(i)
         if step is not None:
             p0, tau_h, p1 = step
@@ -139,14 +161,136 @@ class Cumulative:
             s, e = max(t0, lo), min(t1, hi)
             if e <= s or self.estimated[i]:
                 continue
+            whole = s == t0 and e == t1
+            # A boundary inside a segment was read on its event only when the readings around
+            # it are close: otherwise its place in the segment is a guess.
+            if not whole and self.estimated_boundary_gap(i) is not None:
+                continue
             short = (t1 - t0) <= self.gap_ns
             # A counter's total across a gap is exact; only a boundary inside a gap is a guess.
-            counter_total = not self.powers and s == t0 and e == t1
+            counter_total = not self.powers and whole
             if short or counter_total:
                 measured.append(self._segment_value(i, e) - self._segment_value(i, s))
             if short:
                 covered += e - s
         return math.fsum(measured), covered
+
+    def estimated_boundary_gap(self, i: int) -> int | None:
+        """The length of segment ``i`` when a boundary inside it is an estimate: the readings
+        are further apart than the boundary-gap threshold, or the agent was down in between."""
+        t0, t1 = self.times[i], self.times[i + 1]
+        if self.boundary_gap_ns is not None and t1 - t0 > self.boundary_gap_ns:
+            return t1 - t0
+        if any(start < t1 and end > t0 for start, end in self.outages):
+            return t1 - t0
+        return None
+
+    def boundary_flag(self, t_ns: int, what: str) -> Flag | None:
+        """A flag when ``t_ns`` falls inside a segment where a boundary is an estimate."""
+        times = self.times
+        if len(times) < 2 or not times[0] < t_ns < times[-1]:
+            return None  # outside the readings: the extrapolation flag says it
+        i = bisect.bisect_right(times, t_ns) - 1
+        if times[i] == t_ns:
+            return None  # read on the boundary
+        length = self.estimated_boundary_gap(i)
+        if length is None:
+            return None
+        down = [o for o in self.outages if o[0] < times[i + 1] and o[1] > times[i]]
+        why = (
+            f"the agent was down for {sum(b - a for a, b in down) / 1e9:.1f} s"
+            if down
+            else "no reading on its event"
+        )
+        return Flag(
+            "boundary_estimated",
+            f"{self.label} {what} falls in a {length / 1e9:.1f} s reading gap ({why}): "
+            "the energy on either side of it is interpolated, not measured",
+            t_ns,
+        )
+
+    # -- error bounds ---------------------------------------------------------------------
+    # An energy is a difference of C, so its error is (error of C at the end) − (error at the
+    # start). ``point_bound`` bounds |error of C(t)| around a common offset; ``segment_bound``
+    # adds what does not telescope (power integration, extrapolation, a reset's lost part).
+
+    def point_error(self, t_ns: int) -> PointError:
+        """What is known of ``true C(t) − C(t)``: an interval (centre ± half-width).
+
+        Between two counter readings the true curve can lie anywhere that is monotonic, within
+        the meter's maximum rate, and consistent with registers that show their last completed
+        count (a reading errs by [0, step)). Differences of C err by differences of these, so
+        a constant part cancels (allocation.py sums them with the weights' changes).
+        """
+        times = self.times
+        step = self.resolution
+        if self.powers or len(times) < 2:
+            return PointError(0.0, 0.0, 0.0)
+        if t_ns <= times[0] or t_ns >= times[-1]:  # beyond the readings: see segment_bound
+            return self._knot_error(0 if t_ns <= times[0] else len(times) - 1)
+        i = bisect.bisect_right(times, t_ns) - 1
+        t0, t1 = times[i], times[i + 1]
+        if t_ns == t0:
+            return self._knot_error(i)
+        if self.shaped and self.shaped[i]:
+            p0 = self.readings[i].power_kw or 0.0
+            p1 = self.readings[i + 1].power_kw or 0.0
+            inside = abs(p1 - p0) * min(t_ns - t0, t1 - t_ns) / NS_PER_HOUR
+            width = max(self.knot_errors[i][1], self.knot_errors[i + 1][1]) + inside
+            return PointError(0.0, width, width)
+        estimate = self._segment_value(i, t_ns) - self.values[i]
+        total = self.values[i + 1] - self.values[i]
+        rate = self.max_rate
+        low = max(0.0, total - rate * (t1 - t_ns)) - estimate
+        high = min(total + step, step + rate * (t_ns - t0)) - estimate
+        low, high = min(low, high), max(low, high)
+        return PointError((low + high) / 2, (high - low) / 2, step / 2, step / 2)
+
+    def _knot_error(self, i: int) -> PointError:
+        if self.knot_errors:
+            centre, width = self.knot_errors[i]
+            return PointError(centre, width, width, centre)
+        half = self.resolution / 2
+        return PointError(half, half, half, half)
+
+    def segment_bound(self, a_ns: int, b_ns: int) -> float:
+        """Error of C(b) − C(a) that a difference of point bounds does not cover.
+
+        Power readings integrate with an error of up to |Δp|·Δt/2 per interval (power moving
+        monotonically between readings; the whole change of power inside a piece of one).
+        Across a power gap, before the first or after the last reading, and in a counter's
+        reset interval the energy is only known to lie between 0 and the maximum rate.
+        """
+        if b_ns <= a_ns or len(self.times) < 2:
+            return (b_ns - a_ns) * self.max_rate if math.isfinite(self.max_rate) else 0.0
+        times = self.times
+        parts: list[float] = []
+        for lo, hi in ((a_ns, min(b_ns, times[0])), (max(a_ns, times[-1]), b_ns)):
+            if hi > lo:  # extrapolated: anywhere from nothing to the maximum
+                estimate = self.at(hi) - self.at(lo)
+                parts.append(_spread(estimate, 0.0, self.max_rate * (hi - lo)))
+        lo, hi = max(a_ns, times[0]), min(b_ns, times[-1])
+        first = max(bisect.bisect_right(times, lo) - 1, 0)
+        for i in range(first, len(times) - 1):
+            t0, t1 = times[i], times[i + 1]
+            if t0 >= hi:
+                break
+            s, e = max(t0, lo), min(t1, hi)
+            if e <= s:
+                continue
+            if self.estimated[i]:
+                estimate = self._segment_value(i, e) - self._segment_value(i, s)
+                if self.powers:
+                    parts.append(_spread(estimate, 0.0, self.max_rate * (e - s)))
+                else:  # after a reset the energy before it in this interval is unknown
+                    parts.append(min(self.max_rate * (e - s), self.max_rate * (t1 - t0)))
+            elif self.powers:
+                swing = abs(self.powers[i + 1] - self.powers[i])
+                if s == t0 and e == t1:
+                    parts.append(swing * (t1 - t0) / 2 / NS_PER_HOUR)
+                else:
+                    parts.append(swing * (e - s) / NS_PER_HOUR)
+        return math.fsum(parts)
 
     def flags_in(self, a_ns: int, b_ns: int) -> list[Flag]:
         """Corrections whose stretch overlaps [a, b], plus gap / extrapolation / no-readings."""
@@ -164,6 +308,24 @@ class Cumulative:
                     Flag("gap", f"{self.label} has no reading for {(t1 - t0) / 1e9:.1f} s", t0)
                 )
         return flags
+
+
+def _spread(estimate: float, low: float, high: float) -> float:
+    """How far ``estimate`` can be from a truth known to lie in [low, high]."""
+    if high < low:  # inconsistent bounds (a rejected spike's neighbourhood): no information
+        return 0.0
+    return max(estimate - low, high - estimate, 0.0)
+
+
+def _power_fraction(first: Reading, second: Reading, t_ns: int) -> float:
+    """Share of the energy between two readings spent by ``t_ns``, power moving linearly."""
+    p0, p1 = first.power_kw or 0.0, second.power_kw or 0.0
+    span = second.t_ns - first.t_ns
+    x = (t_ns - first.t_ns) / span
+    total = (p0 + p1) / 2
+    if total <= 0:
+        return x
+    return (p0 * x + 0.5 * (p1 - p0) * x * x) / total
 
 
 # The brief's name for a cleaned counter: the same curve type serves counters and power.
@@ -232,9 +394,36 @@ def float32_step(value: float) -> float:
 
 
 def cumulative(series: MeterSeries) -> Cumulative:
-    if series.method == "power":
-        return integrate_power(series)
-    return clean_counter(series)
+    """C(t) of a meter: power integrated, or the counter cleaned (and shaped by its power
+    where it is coarse), with what bounds its errors."""
+    raw = integrate_power(series) if series.method == "power" else clean_counter(series)
+    curve = replace(
+        raw,
+        resolution=series.resolution if series.method == "counter" else 0.0,
+        max_rate=_max_rate(series, raw),
+        boundary_gap_ns=(
+            int(series.boundary_gap_s * 1e9) if series.boundary_gap_s is not None else None
+        ),
+        outages=tuple((o.start_ns, o.end_ns) for o in series.outages),
+    )
+    return shape_counter(curve) if series.method == "counter" else curve
+
+
+def _max_rate(series: MeterSeries, curve: Cumulative) -> float:
+    """The most the meter can count per nanosecond: the equipment's maximum power (with the
+    spike margin) for kWh; for other carriers the fastest rate seen, with the same margin."""
+    if series.unit == "kWh":
+        return series.max_power_kw * SPIKE_MARGIN / NS_PER_HOUR
+    rates = [
+        (v1 - v0) / (t1 - t0)
+        for (t0, t1), (v0, v1), estimated in zip(
+            itertools.pairwise(curve.times), itertools.pairwise(curve.values), curve.estimated,
+            strict=True,
+        )
+        if not estimated
+    ]
+    fastest = max(rates, default=0.0)
+    return fastest * SPIKE_MARGIN if fastest > 0 else math.inf
 
 
 class _CounterCleaner:
