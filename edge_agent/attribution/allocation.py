@@ -19,6 +19,7 @@ from edge_agent.attribution.model import (
     MeterAllocation,
     MeterSeries,
     OrderSpan,
+    PointError,
     Share,
     SplitRule,
     StateChange,
@@ -26,7 +27,6 @@ from edge_agent.attribution.model import (
 )
 from edge_agent.attribution.series import (
     Cumulative,
-    PointError,
     cumulative,
     dedupe,
     energy_between,
@@ -202,6 +202,7 @@ def _error_bound(
     width: list[float] = []
     resolution: list[float] = []
     resolution_centre: list[float] = []
+    sources: dict[int, tuple[list[float], float]] = {}
     for index, error in enumerate(errors):
         before = weights[index - 1] if index > 0 else 0.0
         after = weights[index] if index < len(weights) else 0.0
@@ -212,8 +213,13 @@ def _error_bound(
         width.append(abs(change) * error.width)
         resolution.append(abs(change) * error.resolution)
         resolution_centre.append(change * error.resolution_centre)
+        for source, coefficient, source_width in error.shared:
+            terms, _ = sources.setdefault(source, ([], source_width))
+            terms.append(change * coefficient)
+    shared = math.fsum(abs(math.fsum(terms)) * sw for terms, sw in sources.values())
     additive = math.fsum(w * piece for w, piece in zip(weights, pieces, strict=True))
-    bound = abs(math.fsum(centre)) + math.fsum(width) + additive
+    bound = abs(math.fsum(centre)) + math.fsum(width) + shared + additive
+    resolution.append(shared)
     return bound, abs(math.fsum(resolution_centre)) + math.fsum(resolution)
 
 

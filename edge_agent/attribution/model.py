@@ -109,6 +109,24 @@ class Share:
 
 
 @dataclass(frozen=True, slots=True)
+class PointError:
+    """What is known of ``true C(t) − C(t)``: within ``centre ± width``, plus ``shared`` terms
+    ``(source, coefficient, width)``: an error source common to several points (a shaped
+    counter's anchor, a stretch's unknown register offset) that enters each with its
+    coefficient, so it cancels in differences where the coefficients agree.
+
+    ``resolution`` is the part of ``width`` the registers' step causes (``resolution_centre`` of
+    ``centre``; shared terms are all register terms): that part of an energy is not measured.
+    """
+
+    centre: float
+    width: float
+    resolution: float
+    resolution_centre: float = 0.0
+    shared: tuple[tuple[int, float, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class MeterAllocation:
     meter_id: str
     point: str

@@ -25,7 +25,7 @@ import itertools
 import math
 from dataclasses import dataclass, replace
 
-from edge_agent.attribution.model import NS_PER_HOUR, Flag, MeterSeries, Reading
+from edge_agent.attribution.model import NS_PER_HOUR, Flag, MeterSeries, PointError, Reading
 from edge_agent.attribution.shaping import shape_counter
 
 # A reading whose implied power exceeds the equipment's maximum by this factor is a spike.
@@ -43,17 +43,6 @@ class Correction:
     flag: Flag
     start_ns: int
     end_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class PointError:
-    """``true C(t) − C(t)`` lies in centre ± width; ``resolution`` is the part of ``width``
-    that the registers' step causes (it counts as not measured)."""
-
-    centre: float
-    width: float
-    resolution: float
-    resolution_centre: float = 0.0  # the step's share of ``centre`` (raw readings: step / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +67,7 @@ class Cumulative:
     # Coarse counters shaped by the meter's power (see shaping.py): per segment, whether its
     # increment follows the power readings; per knot, (centre, half-width) of true − C.
     shaped: tuple[bool, ...] = ()
-    knot_errors: tuple[tuple[float, float], ...] = ()
+    knot_errors: tuple[PointError, ...] = ()
 
     @property
     def flags(self) -> tuple[Flag, ...]:
@@ -236,8 +225,8 @@ class Cumulative:
             p0 = self.readings[i].power_kw or 0.0
             p1 = self.readings[i + 1].power_kw or 0.0
             inside = abs(p1 - p0) * min(t_ns - t0, t1 - t_ns) / NS_PER_HOUR
-            width = max(self.knot_errors[i][1], self.knot_errors[i + 1][1]) + inside
-            return PointError(0.0, width, width)
+            x = _power_fraction(self.readings[i], self.readings[i + 1], t_ns)
+            return _between(self.knot_errors[i], self.knot_errors[i + 1], x, inside)
         estimate = self._segment_value(i, t_ns) - self.values[i]
         total = self.values[i + 1] - self.values[i]
         rate = self.max_rate
@@ -248,8 +237,7 @@ class Cumulative:
 
     def _knot_error(self, i: int) -> PointError:
         if self.knot_errors:
-            centre, width = self.knot_errors[i]
-            return PointError(centre, width, width, centre)
+            return self.knot_errors[i]
         half = self.resolution / 2
         return PointError(half, half, half, half)
 
@@ -308,6 +296,24 @@ class Cumulative:
                     Flag("gap", f"{self.label} has no reading for {(t1 - t0) / 1e9:.1f} s", t0)
                 )
         return flags
+
+
+def _between(first: PointError, second: PointError, x: float, inside: float) -> PointError:
+    """The error of a shaped value a fraction ``x`` of the way between two knots: a linear mix
+    of theirs, plus what the power can do inside the interval."""
+    shared: dict[int, tuple[float, float]] = {}
+    for weight, error in ((1 - x, first), (x, second)):
+        for source, coefficient, width in error.shared:
+            known, _ = shared.get(source, (0.0, width))
+            shared[source] = (known + weight * coefficient, width)
+    width = max(first.width, second.width) + inside
+    return PointError(
+        centre=(1 - x) * first.centre + x * second.centre,
+        width=width,
+        resolution=width,
+        resolution_centre=(1 - x) * first.resolution_centre + x * second.resolution_centre,
+        shared=tuple((source, c, w) for source, (c, w) in shared.items()),
+    )
 
 
 def _spread(estimate: float, low: float, high: float) -> float:

@@ -26,7 +26,7 @@ import dataclasses
 import statistics
 from typing import TYPE_CHECKING
 
-from edge_agent.attribution.model import NS_PER_HOUR
+from edge_agent.attribution.model import NS_PER_HOUR, PointError
 
 if TYPE_CHECKING:  # series calls this module on its curves
     from edge_agent.attribution.series import Cumulative
@@ -51,7 +51,8 @@ def shape_counter(curve: Cumulative) -> Cumulative:
     if typical <= 0 or step <= COARSE_RATIO * typical:
         return curve
     values = list(curve.values)
-    errors = [(step / 2, step / 2)] * len(values)
+    half = step / 2
+    errors = [PointError(half, half, half, half)] * len(values)
     shaped = [False] * segments
     i = 0
     while i < segments:
@@ -104,10 +105,10 @@ def _shape_span(
     first: int,
     end: int,
     values: list[float],
-    errors: list[tuple[float, float]],
+    errors: list[PointError],
 ) -> bool:
-    """Shape knots ``first``..``end`` (a run of shapeable segments) in place; False when the
-    run has no tick to anchor it."""
+    """Shape knots ``first``..``end`` (a run of shapeable segments) in place; False when it
+    cannot be (no tick, and the power says the counter should have ticked)."""
     raw = curve.values
     step = curve.resolution
     # Integrated power at each knot of the run, and the trapezoid's error bound up to it.
@@ -124,7 +125,7 @@ def _shape_span(
         if raw[k] > raw[k - 1]
     ]  # fmt: skip
     if not anchors:
-        return False
+        return _integrate_between_ticks(curve, first, end, values, errors, power, swing)
     spent = anchors[-1][1] - anchors[0][1]
     ratio = (anchors[-1][2] - anchors[0][2]) / spent if len(anchors) > 1 and spent > 0 else 1.0
     drift = max(abs(ratio - 1.0), MIN_DRIFT)
@@ -132,22 +133,55 @@ def _shape_span(
     for k in range(first, end + 1):
         at = power[k - first]
         after = bisect.bisect_right(positions, at)  # anchors[after - 1] <= at < anchors[after]
+        shared: tuple[tuple[int, float, float], ...]
         if 0 < after < len(anchors):
-            _, p_a, v_a, e_a = anchors[after - 1]
-            _, p_b, v_b, e_b = anchors[after]
-            value = v_a + (v_b - v_a) * (at - p_a) / (p_b - p_a) if p_b > p_a else v_a
-            bound = e_a + e_b + ratio * _swing_between(swing, power, p_a, p_b)
+            k_a, p_a, v_a, e_a = anchors[after - 1]
+            k_b, p_b, v_b, e_b = anchors[after]
+            fraction = (at - p_a) / (p_b - p_a) if p_b > p_a else 0.0
+            value = v_a + (v_b - v_a) * fraction
+            # An anchor placed a little late moves every value between it and its neighbours:
+            # linearly, so an order between two ticks only feels the difference.
+            shared = ((2 * k_a, 1 - fraction, e_a), (2 * k_b, fraction, e_b))
+            bound = ratio * _swing_between(swing, power, p_a, p_b)
         else:
-            index = after - 1 if after else 0
-            _, p_x, v_x, e_x = anchors[index]
+            k_x, p_x, v_x, e_x = anchors[after - 1 if after else 0]
             value = v_x + ratio * (at - p_x)
-            spread = abs(at - p_x)
-            bound = e_x + ratio * _swing_between(swing, power, min(at, p_x), max(at, p_x))
-            bound += drift * ratio * spread
+            shared = ((2 * k_x, 1.0, e_x),)
+            bound = ratio * _swing_between(swing, power, min(at, p_x), max(at, p_x))
+            bound += drift * ratio * abs(at - p_x)
         # The register allows [reading, reading + step): never leave it.
-        value = min(max(value, raw[k]), raw[k] + step)
-        values[k] = value
-        errors[k] = (0.0, min(bound, step))
+        clamped = min(max(value, raw[k]), raw[k] + step)
+        values[k] = clamped
+        if clamped != value:  # the register decided: true − C lies in [raw − C, raw + step − C]
+            centre = raw[k] + step / 2 - clamped
+            errors[k] = PointError(centre, step / 2, step / 2, centre)
+        else:
+            errors[k] = PointError(0.0, bound, bound, 0.0, shared)
+    return True
+
+
+def _integrate_between_ticks(
+    curve: Cumulative,
+    first: int,
+    end: int,
+    values: list[float],
+    errors: list[PointError],
+    power: list[float],
+    swing: list[float],
+) -> bool:
+    """A run without a tick (an order shorter than a step, just after start-up): the energy
+    is the integrated power from the run's first reading. Where the register stood inside its
+    step is unknown but the same for the whole run, so it cancels inside it (a shared error)."""
+    step = curve.resolution
+    if power[-1] > 2 * step:
+        return False  # this much power would have moved the register: they disagree
+    base = curve.values[first]
+    half = step / 2
+    for k in range(first, end + 1):
+        spent = power[k - first]
+        values[k] = base + min(spent, step)
+        width = min(swing[k - first] + MIN_DRIFT * spent, step)
+        errors[k] = PointError(half, width, width, half, shared=((2 * first + 1, 1.0, half),))
     return True
 
 

@@ -11,6 +11,7 @@ never against itself.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -109,7 +110,7 @@ def check_covered(
     )  # fmt: skip
     truth = {o.order_id: 0.0 for o in orders}
     idle = 0.0
-    for s, e in zip(cuts, cuts[1:], strict=False):
+    for s, e in itertools.pairwise(cuts):
         energy = load.energy(e) - load.energy(s)
         active = [o for o in orders if any(i.start_ns <= s and e <= i.end_ns for i in o.intervals)]
         if not active:
