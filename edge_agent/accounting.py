@@ -62,6 +62,10 @@ class OrderInputs:
     state_samples: tuple[Sample, ...]
     # (meter, counter point) -> the meter's active power samples (see shaping_power_point)
     shaping_power: Mapping[tuple[str, str], Sequence[Sample]] = field(default_factory=dict)
+    # clock_step / clock_unsynchronised over the window (edge_agent.clockwatch.clock_flags)
+    clock_flags: tuple[Flag, ...] = ()
+    # The agent's own down-times (Store.agent_downtimes) overlapping the readings' window
+    outages: tuple[tuple[int, int], ...] = ()
 
 
 def factors(config: AgentConfig) -> dict[str, Factor]:
@@ -84,6 +88,7 @@ def meter_series(
     point_name: str,
     samples: Sequence[Sample],
     power_samples: Sequence[Sample] = (),
+    outages: Sequence[tuple[int, int]] = (),
 ) -> MeterSeries:
     meter = config.meter(meter_id)
     point = meter.points[point_name]
@@ -123,6 +128,7 @@ def meter_series(
         boundary_gap_s=BOUNDARY_GAP_INTERVALS * interval_s,
         modulus=modulus * factor if modulus is not None else None,
         resolution=resolution,
+        outages=tuple(Interval(start, end) for start, end in outages),
     )
 
 
@@ -146,26 +152,34 @@ def _with_power(
 
 
 def state_changes(inputs: OrderInputs) -> list[StateChange]:
-    state = inputs.equipment.state
+    return equipment_state_changes(inputs.config, inputs.equipment, inputs.state_samples)
+
+
+def equipment_state_changes(
+    config: AgentConfig, equipment: EquipmentConfig, state_samples: Sequence[Sample]
+) -> list[StateChange]:
+    """The equipment's machine-state changes from its state samples (order records and
+    energy-balance records alike)."""
+    state = equipment.state
     if isinstance(state, StateSource):
         changes: list[StateChange] = []
-        for sample in inputs.state_samples:
+        for sample in state_samples:
             if sample.state is not None and (not changes or changes[-1].state != sample.state):
                 changes.append(StateChange(sample.ts_ns, sample.state))
         return changes
     if isinstance(state, DerivedState):
-        meter = inputs.config.meter(state.meter)
+        meter = config.meter(state.meter)
         point_name = state.point or attributed_point_name(meter.points, None)
         point = meter.points[point_name]
         if point.role is PointRole.POWER:
             to_kw = POWER_UNITS_TO_KW[point.unit]
             power = [
                 Reading(s.ts_ns, s.value * to_kw)
-                for s in inputs.state_samples
+                for s in state_samples
                 if s.value is not None
             ]
         else:
-            power = _power_from_counter(inputs.state_samples, _to_carrier_unit(point))
+            power = _power_from_counter(state_samples, _to_carrier_unit(point))
         return derive_states(
             power,
             state.idle_above_kw,
@@ -197,6 +211,11 @@ def _span(timeline: OrderTimeline) -> OrderSpan:
     )
 
 
+def order_span(timeline: OrderTimeline) -> OrderSpan:
+    """The order's occupied time as the allocation takes it (order and balance records alike)."""
+    return _span(timeline)
+
+
 def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -> Record:
     timeline, equipment, config = inputs.timeline, inputs.equipment, inputs.config
     end_ns = timeline.stop_ns if timeline.stop_ns is not None else timeline.occupied[-1][1]
@@ -206,10 +225,13 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     allocations = []
     for (meter_id, point_name), samples in inputs.readings.items():
         power = inputs.shaping_power.get((meter_id, point_name), ())
-        series = meter_series(config, equipment, meter_id, point_name, samples, power)
+        series = meter_series(
+            config, equipment, meter_id, point_name, samples, power, inputs.outages
+        )
         allocations.append(allocate(series, spans, window, equipment.overlap_split, states))
     extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
     extra += [Flag("order_event_corrected", note) for note in timeline.corrections]
+    extra += inputs.clock_flags
     if timeline.cancelled:
         extra.append(
             Flag(CANCELLED, "the MES cancelled this order: it is no step of its lot, its time "
@@ -261,7 +283,13 @@ def build_lot(
     *,
     quantity_good: float | None,
     revision: int,
+    open_orders: Sequence[str] = (),
 ) -> Record:
     return build_lot_record(
-        config.site.id, lot_id, order_records, quantity_good=quantity_good, revision=revision
+        config.site.id,
+        lot_id,
+        order_records,
+        quantity_good=quantity_good,
+        revision=revision,
+        open_orders=open_orders,
     )

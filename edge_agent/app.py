@@ -14,13 +14,16 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from edge_agent.balances import BalanceKeeper
 from edge_agent.batching import SampleBatcher
-from edge_agent.clock import Clock, SystemClock
+from edge_agent.clock import Clock, SteadyClock
+from edge_agent.clockwatch import ClockWatch
 from edge_agent.config import AgentConfig
 from edge_agent.domain import NS_PER_S, Sample
 from edge_agent.engine import OrderEngine
 from edge_agent.mes.intake import MesIntake
 from edge_agent.publish.drainer import OutboxPublisher
+from edge_agent.runmarks import RunMarks
 from edge_agent.sources.base import Source, build_sources
 from edge_agent.store import Store, open_store
 from edge_agent.tasks import stop_task
@@ -36,16 +39,22 @@ class Agent:
 
     def __init__(self, config: AgentConfig, clock: Clock | None = None) -> None:
         self.config = config
-        self.clock = clock or SystemClock()
+        # Steps of the system clock are detected, not followed (edge_agent.clock).
+        self.clock = clock or SteadyClock.system(
+            check_sync=config.clock.check_sync, step_threshold_s=config.clock.step_threshold_s
+        )
         self.sources: list[Source] = build_sources(config, self.clock)
         self._source_by_meter = {m: s for s in self.sources for m in s.meter_ids}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
         self.store: Store | None = None
         self.engine: OrderEngine | None = None
+        self.balances: BalanceKeeper | None = None
         self.batcher: SampleBatcher | None = None
         self.publisher: OutboxPublisher | None = None
         self.intake: MesIntake | None = None
+        self.clock_watch: ClockWatch | None = None
+        self.run_marks: RunMarks | None = None
 
     async def __aenter__(self) -> Agent:
         await self.start()
@@ -57,6 +66,10 @@ class Agent:
     async def start(self) -> None:
         config = self.config
         self.store = store = await open_store(config.store.path, clock=self.clock)
+        # Before resume: records of orders resumed now need the down-time that just ended.
+        self.run_marks = RunMarks(store, self.clock)
+        await self.run_marks.start()
+        self._spawn(self.run_marks.run(), "heartbeat")
         self.batcher = SampleBatcher(
             store.write_samples,
             max_batch=config.store.batch_max_samples,
@@ -64,9 +77,22 @@ class Agent:
             after_write=self._after_samples_written,
         )
         self.publisher = OutboxPublisher(config, store, clock=self.clock)
+        if isinstance(self.clock, SteadyClock):  # before resume: its records need the journal
+            self.clock_watch = ClockWatch(self.clock, store, self.publisher.report_problem)
+            await self.clock_watch.load()
+            self.clock_watch.report()
+            self._spawn(self.clock_watch.run(), "clock-watch")
         self.engine = OrderEngine(config, store, self.clock, self.read_now, self.publisher.notify)
+        if config.balance.enabled:  # before resume: resumed orders may change balances
+            self.balances = BalanceKeeper(
+                config, store, self.clock, self.engine.timelines_overlapping, self.publisher.notify
+            )
+            self.engine.order_listener = self.balances.order_changed
+            await self.balances.start()
         await self.engine.resume()
         self._spawn(self.engine.run_finaliser(), "finaliser")
+        if self.balances is not None:
+            self._spawn(self.balances.run(), "energy-balances")
         await self.publisher.start()
         self._spawn(self.batcher.run(), "sample-writer")
         for source in self.sources:
@@ -162,6 +188,11 @@ class Agent:
             await self.engine.finalise_ready()
         if self.publisher is not None:
             await self.publisher.stop()
+        if self.clock_watch is not None:
+            with contextlib.suppress(Exception):
+                await self.clock_watch.save()
+        if self.run_marks is not None:
+            await self.run_marks.stop()
         if self.store is not None:
             await self.store.close()
         log.info("edge-agent stopped")

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
@@ -154,6 +155,9 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
     for row in rows:
         payload = json.loads(row.payload)
         state = f"sent {iso_from_ns(row.sent_ns)}" if row.sent_ns else "unsent"
+        if row.kind == "balance":
+            print(f"{iso_from_ns(row.created_ns):<24} {format_balance(payload)} rev {row.revision} {state}")
+            continue
         print(
             f"{iso_from_ns(row.created_ns):<24} {row.kind:<5} {payload.get('lot_id', ''):<14} "
             f"{payload.get('order_id') or '-':<16} {payload.get('energy_kwh', 0.0):>10.4f} "
@@ -166,6 +170,16 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
         + f"; held waiting for their start: {held}"
     )
     return EXIT_OK
+
+
+def format_balance(payload: dict[str, Any]) -> str:
+    """One energy-balance record on one line: the period and where its electricity went."""
+    return (
+        f"balance {payload.get('start', '?')} +{payload.get('period_s', 0):g} s: "
+        f"metered {payload.get('metered_kwh', 0.0):.4f} kWh = orders "
+        f"{payload.get('to_orders_kwh', 0.0):.4f} + idle {payload.get('idle_kwh', 0.0):.4f} + "
+        f"unallocated {payload.get('unallocated_kwh', 0.0):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from edge_agent.accounting import OrderInputs, build_lot, build_order, is_cancelled
 from edge_agent.clock import Clock
+from edge_agent.clockwatch import clock_flags
 from edge_agent.config import (
     AgentConfig,
     EquipmentConfig,
@@ -35,6 +36,8 @@ from edge_agent.store import IntakeCommit, OutboxRecord, Store, StoredEvent
 log = logging.getLogger(__name__)
 
 ReadNow = Callable[[Sequence[str]], Awaitable[list[Sample]]]
+# (the order as replayed now, its record as last published, whether it was final before)
+OrderListener = Callable[[OrderTimeline, Mapping[str, Any] | None, bool], None]
 
 # Readings this far before an order's start and after its stop are loaded so that the
 # boundary can be interpolated between the readings around it.
@@ -212,20 +215,29 @@ class OrderEngine:
         self._read_now = read_now
         self._on_record = on_record
         self._equipment = {item.id: item for item in config.equipment}
-        self._pending_orders: set[str] = set()
+        self._pending_orders: set[str] = set()  # own events changed, or not final yet
+        # Final orders to recompute only because an order that shared their equipment changed
+        # (their own timeline did not: recomputing them passes nothing on).
+        self._recheck_orders: set[str] = set()
         self._pending_lots: set[str] = set()
         self._lock = asyncio.Lock()  # one event or finalisation at a time: simple and ordered
         self._kick = asyncio.Event()
         self.records_enqueued = 0
+        # Told of every order record computed (published or not): the energy balances.
+        self.order_listener: OrderListener | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """After a restart: orders stopped but not final, lots completed but not summarised."""
+        """After a restart: orders stopped but not final, final orders corrected or left to
+        recheck, lots completed but not summarised or whose summary may be stale."""
         for order_id in await self._store.open_order_ids():
             self._pending_orders.add(order_id)
+        self._pending_orders.update(await self._store.final_orders_changed_since_final())
+        self._queue_recheck(await self._store.recheck_order_ids())
         for lot_id in await self._store.pending_lot_ids():
             self._pending_lots.add(lot_id)
+        self._pending_lots.update(await self._store.stale_lot_ids())
         if self._pending_orders or self._pending_lots:
             log.info(
                 "resuming %d open orders and %d pending lots",
@@ -449,7 +461,11 @@ class OrderEngine:
                 self._pending_orders.add(event.order_id)
                 continue
             if event.order_id not in known_before:
-                continue  # a new order cannot be final yet
+                # A new order cannot be final yet; one starting in a completed lot makes the
+                # lot's summary incomplete again (a new revision says so).
+                if event.type == "start" and await self._store.lot_completed(event.lot_id):
+                    self._pending_lots.add(event.lot_id)
+                continue
             status = await self._store.order_status(event.order_id)
             if status is not None and status.status == "final":
                 # A late pause/resume/start for a final order is a correction: recompute.
@@ -513,12 +529,15 @@ class OrderEngine:
     async def finalise_ready(self) -> None:
         """Finalise every pending order whose data is complete (or timed out), then lots.
 
-        The lock is taken per order, so a long backlog never holds MES batches up for long.
+        The lock is taken per order, so a long backlog never holds MES batches up for long;
+        orders queued for a recheck meanwhile are taken on the next call (the finaliser is
+        kicked for them).
         """
-        for order_id in sorted(self._pending_orders):
+        for order_id in sorted(self._pending_orders | self._recheck_orders):
             async with self._lock:
                 if await self._try_finalise_order(order_id):
                     self._pending_orders.discard(order_id)
+                    self._recheck_orders.discard(order_id)
         for lot_id in sorted(self._pending_lots):
             async with self._lock:
                 if await self._try_finalise_lot(lot_id):
@@ -526,9 +545,21 @@ class OrderEngine:
 
     @property
     def pending(self) -> tuple[int, int]:
-        return len(self._pending_orders), len(self._pending_lots)
+        return len(self._pending_orders | self._recheck_orders), len(self._pending_lots)
+
+    def _queue_recheck(self, order_ids: Sequence[str]) -> None:
+        fresh = [order_id for order_id in order_ids if order_id not in self._pending_orders]
+        self._recheck_orders.update(fresh)
+        if fresh:
+            self._kick.set()
 
     async def _timeline(self, order_id: str, now_ns: int) -> OrderTimeline | None:
+        return (await self._history(order_id, now_ns))[1]
+
+    async def _history(
+        self, order_id: str, now_ns: int
+    ) -> tuple[list[StoredEvent], OrderTimeline | None]:
+        """The order's stored events (in force or corrected) and their replay."""
         stored = await self._store.events_for_order(order_id)
         events = [e for e in map(self._parse_stored, stored) if e is not None]
         equipment = next(
@@ -536,7 +567,7 @@ class OrderEngine:
             None,
         )
         max_ns = int(equipment.max_order_duration_s * NS_PER_S) if equipment else None
-        return replay_order(events, open_end_ns=now_ns, max_duration_ns=max_ns)
+        return stored, replay_order(events, open_end_ns=now_ns, max_duration_ns=max_ns)
 
     def _parse_stored(self, stored: StoredEvent) -> OrderEvent | None:
         try:
@@ -547,15 +578,27 @@ class OrderEngine:
             return None
 
     async def _try_finalise_order(self, order_id: str) -> bool:
+        """Compute the order's record; publish it as a new revision if a number changed.
+
+        Conservation by construction: a record depends on another order only where both
+        occupied the equipment (the split of each piece of time). So when an order's own
+        events changed — or it becomes final, having been seen running — every final order
+        that overlapped any extent it ever had is queued for a recheck, durably with the
+        record. A recheck changes no timeline, so it queues nothing further: it terminates.
+        """
         now_ns = self._clock.now_ns()
-        timeline = await self._timeline(order_id, now_ns)
+        status = await self._store.order_status(order_id)
+        was_final = status is not None and status.status == "final"
+        own_change = order_id in self._pending_orders or not was_final
+        stored, timeline = await self._history(order_id, now_ns)
         if timeline is None or timeline.stop_ns is None:
-            status = await self._store.order_status(order_id)
-            if status is not None and status.status == "final":
+            if was_final:
                 # Its stop was withdrawn: running again; the next stop (or the auto-close)
-                # publishes the next revision.
+                # publishes the next revision, and its lot's summary is incomplete again.
                 await self._store.reopen_order(order_id)
                 log.warning("order %s reopened: its stop was withdrawn", order_id)
+                if timeline is not None and await self._store.lot_completed(timeline.lot_id):
+                    self._pending_lots.add(timeline.lot_id)
             return True  # nothing to finalise (yet): forget until its stop arrives
         equipment = self._equipment.get(timeline.equipment_id)
         if equipment is None:
@@ -566,16 +609,25 @@ class OrderEngine:
         if not complete and not timed_out and not timeline.cancelled:
             return False
         inputs = await self._order_inputs(equipment, timeline, now_ns)
-        status = await self._store.order_status(order_id)
         published = await self._store.latest_record(order_id)
         revision = (status.revision if status is not None else 0) + 1  # reopened orders go on
         record = build_order(inputs, revision=revision, final_by_timeout=not complete)
+        if self.order_listener is not None:  # the energy balances of the time it touches
+            self.order_listener(timeline, published, was_final)
+        recheck = (
+            await self._neighbours_to_recheck(timeline, stored, published, now_ns)
+            if own_change
+            else []
+        )
         if published is not None and _same_numbers(published, record.to_json_dict()):
-            if status is not None and status.status != "final":
-                await self._store.mark_order_final(
-                    order_id, record.record_id, int(published["revision"]), now_ns
-                )
-            return True  # recomputed to the same record: no new revision
+            # Recomputed to the same record: no new revision (final now, rechecks queued).
+            await self._store.confirm_order(
+                order_id, record.record_id, int(published["revision"]), now_ns, recheck=recheck
+            )
+            self._queue_recheck(recheck)
+            if not was_final and await self._store.lot_completed(timeline.lot_id):
+                self._pending_lots.add(timeline.lot_id)
+            return True
         topic = order_topic(self._config, equipment, timeline.lot_id)
         outbox = OutboxRecord(
             record_id=record.record_id,
@@ -587,52 +639,70 @@ class OrderEngine:
             payload=record.to_json(),
             created_ns=now_ns,
         )
-        await self._store.finalise_order(order_id, outbox)
+        await self._store.finalise_order(order_id, outbox, recheck=recheck)
         self.records_enqueued += 1
         self._on_record()
         log.info(
-            "order %s on %s final (rev %d%s): %.4f kWh, %.4f kg CO2e",
+            "order %s on %s final (rev %d%s): %.4f kWh, %.4f kg CO2e%s",
             order_id,
             equipment.id,
             revision,
             ", cancelled" if timeline.cancelled else ", auto-closed" if timeline.auto_closed else "",
             record.energy_kwh,
             record.co2e_kg,
+            f"; rechecking {len(recheck)} overlapping orders" if recheck else "",
         )
-        await self._recompute_neighbours(timeline, published, now_ns)
+        self._queue_recheck(recheck)
         if await self._store.lot_completed(timeline.lot_id):
             self._pending_lots.add(timeline.lot_id)
         return True
 
-    async def _recompute_neighbours(
-        self, timeline: OrderTimeline, published: Mapping[str, Any] | None, now_ns: int
-    ) -> None:
-        """Orders already final that shared the equipment with this one's old or new extent.
+    async def _neighbours_to_recheck(
+        self,
+        timeline: OrderTimeline,
+        stored: Sequence[StoredEvent],
+        published: Mapping[str, Any] | None,
+        now_ns: int,
+    ) -> list[str]:
+        """Final orders whose record may count another extent of this order than it has now.
 
-        A correction, cancellation or auto-close changes how the equipment's energy is split;
-        their records are recomputed (a new revision only where a number changed).
+        What another order's record saw of this one, when it was computed:
+        - with a stop in force: at most [earliest, latest] of all its events' ``ts`` (every
+          start, stop, pause it ever had, superseded ones included) and its published extent;
+        - with no stop in force (running, reopened, before an auto-close or a cancel): its
+          start up to the moment the other was computed — a moment between the arrival of its
+          first event and that of its last one (now, when it is auto-closed).
+        A superset is harmless: a recheck that changes nothing publishes nothing.
         """
-        start_ns, end_ns = timeline.start_ns, timeline.end_ns
+        times = [e.ts_ns for e in stored] + [timeline.start_ns, timeline.end_ns]
         if published is not None:
-            start_ns = min(start_ns, ns_from_iso(published["start"]))
-            end_ns = max(end_ns, ns_from_iso(published["end"]))
-        elif timeline.auto_closed or timeline.cancelled:
-            end_ns = now_ns  # while open it shared the equipment with everything up to now
-        else:
-            return  # a first record of an ordinary order: others already saw it as it ran
-        order_ids = await self._store.order_ids_possibly_overlapping(
-            timeline.equipment_id, start_ns - _OVERLAP_LOOKBACK_NS, start_ns, end_ns
+            times += [ns_from_iso(published["start"]), ns_from_iso(published["end"])]
+        lo, hi = min(times), max(times)
+        received = [e.received_ns for e in stored]
+        seen_from = min(received, default=now_ns)
+        seen_until = now_ns if timeline.auto_closed else max(received, default=now_ns)
+        equipment_id = timeline.equipment_id
+        by_extent = await self._store.order_ids_possibly_overlapping(
+            equipment_id, lo - _OVERLAP_LOOKBACK_NS, lo, hi
         )
-        for other_id in order_ids:
-            if other_id == timeline.order_id or other_id in self._pending_orders:
-                continue
+        seen_running_ids = await self._store.final_orders_finalised_between(
+            equipment_id, seen_from, seen_until
+        )
+        seen_running = set(seen_running_ids)
+        recheck = []
+        for other_id in sorted({*by_extent, *seen_running} - {timeline.order_id}):
             status = await self._store.order_status(other_id)
             if status is None or status.status != "final":
-                continue
+                continue  # computed when it is final, with what is stored then
             other = await self._timeline(other_id, now_ns)
-            if other is not None and other.overlaps(start_ns, end_ns):
-                self._pending_orders.add(other_id)
-                self._kick.set()
+            if other is None:
+                continue
+            computed_ns = status.finalised_ns if status.finalised_ns is not None else now_ns
+            if other.overlaps(lo, hi) or (
+                other_id in seen_running and other.overlaps(lo, computed_ns)
+            ):
+                recheck.append(other_id)
+        return recheck
 
     async def _boundary_covered(self, equipment: EquipmentConfig, stop_ns: int) -> bool:
         for ref in equipment.meters:
@@ -674,6 +744,7 @@ class OrderEngine:
                 state.meter, point, start_ns - _READING_MARGIN_NS, stop_ns + _READING_MARGIN_NS
             )
         neighbours = await self._overlapping_orders(equipment.id, timeline, now_ns)
+        outages = await self._store.agent_downtimes(since_ns, until_ns)
         return OrderInputs(
             config=self._config,
             equipment=equipment,
@@ -682,7 +753,25 @@ class OrderEngine:
             readings=readings,
             state_samples=tuple(state_samples),
             shaping_power=shaping_power,
+            clock_flags=clock_flags(self._clock, start_ns, stop_ns, now_ns),
+            outages=tuple(outages),
         )
+
+    async def timelines_overlapping(
+        self, equipment_id: str, start_ns: int, end_ns: int
+    ) -> list[OrderTimeline]:
+        """The orders that occupied the equipment in [start, end), replayed now (a running
+        order occupies it until now) — the orders an order record there would split with."""
+        now_ns = self._clock.now_ns()
+        order_ids = await self._store.order_ids_possibly_overlapping(
+            equipment_id, start_ns - _OVERLAP_LOOKBACK_NS, start_ns, end_ns
+        )
+        timelines = []
+        for order_id in order_ids:
+            timeline = await self._timeline(order_id, now_ns)
+            if timeline is not None and timeline.overlaps(start_ns, end_ns):
+                timelines.append(timeline)
+        return timelines
 
     async def _overlapping_orders(
         self, equipment_id: str, timeline: OrderTimeline, now_ns: int
@@ -701,16 +790,29 @@ class OrderEngine:
         return others
 
     async def _try_finalise_lot(self, lot_id: str) -> bool:
-        order_ids = await self._store.order_ids_in_lot(lot_id)
-        statuses = [await self._store.order_status(order_id) for order_id in order_ids]
-        if any(status is None or status.status != "final" for status in statuses):
-            return False  # waits for its orders; finalised when the last one is
-        latest = [await self._store.latest_record(order_id) for order_id in order_ids]
-        # A cancelled order is not a step of its lot.
-        records = [r for r in latest if r is not None and not is_cancelled(r)]
+        """The lot summary, made on ``lot_complete`` (docs/contracts.md, "Lot records").
+
+        It waits only for orders that have stopped and are waiting for their boundary reading
+        (final within their equipment's ``final_timeout_s``). Orders still running do not hold
+        it: it is published with ``incomplete`` and ``open_steps``, and re-issued (revision + 1)
+        as they become final.
+        """
         completion = await self._store.lot_completion_event(lot_id)
         if completion is None:
             return True
+        now_ns = self._clock.now_ns()
+        final_ids: list[str] = []
+        open_ids: list[str] = []
+        for order_id, status in await self._store.lot_orders(lot_id):
+            if status.status == "final":
+                final_ids.append(order_id)
+            elif await self._about_to_be_final(order_id, now_ns):
+                return False  # retried on the next pass (samples and events kick it)
+            else:
+                open_ids.append(order_id)
+        latest = [await self._store.latest_record(order_id) for order_id in final_ids]
+        # A cancelled order is not a step of its lot.
+        records = [r for r in latest if r is not None and not is_cancelled(r)]
         completion_event = self._parse_stored(completion)
         lot_status = await self._store.lot_status(lot_id)
         revision = (
@@ -722,10 +824,17 @@ class OrderEngine:
             records,
             quantity_good=completion_event.quantity_good if completion_event else None,
             revision=revision,
+            open_orders=open_ids,
         )
         published = await self._store.latest_lot_record(lot_id)
         if published is not None and _same_numbers(published, record.to_json_dict()):
-            return True  # an order was recomputed without changing the lot
+            # An order was recomputed without changing the lot: checked now (a restart does
+            # not check it again, see Store.stale_lot_ids).
+            if lot_status is not None and lot_status.record_id is not None:
+                await self._store.mark_lot_final(
+                    lot_id, lot_status.record_id, lot_status.revision, now_ns
+                )
+            return True
         outbox = OutboxRecord(
             record_id=record.record_id,
             revision=revision,
@@ -740,6 +849,28 @@ class OrderEngine:
         self.records_enqueued += 1
         self._on_record()
         log.info(
-            "lot %s summarised: %.4f kWh, %.4f kg CO2e", lot_id, record.energy_kwh, record.co2e_kg
+            "lot %s summarised (rev %d%s): %.4f kWh, %.4f kg CO2e",
+            lot_id,
+            revision,
+            f", incomplete: {len(open_ids)} steps not final" if open_ids else "",
+            record.energy_kwh,
+            record.co2e_kg,
         )
         return True
+
+    async def _about_to_be_final(self, order_id: str, now_ns: int) -> bool:
+        """Whether a lot summary should wait for this order (not final yet): it has stopped
+        and its boundary reading is due within ``final_timeout_s``, or it is queued and will
+        be final on the next pass (cancelled, auto-closed, or timed out)."""
+        timeline = await self._timeline(order_id, now_ns)
+        if timeline is None or timeline.stop_ns is None:
+            return False  # running: the summary does not wait
+        equipment = self._equipment.get(timeline.equipment_id)
+        if equipment is None:
+            return False  # it will never be final
+        if timeline.auto_closed and order_id not in self._pending_orders:
+            self._pending_orders.add(order_id)  # due for its auto-close: do it now
+            self._kick.set()
+        if order_id in self._pending_orders:
+            return True  # the next pass finalises it (past due, cancelled, or auto-closed)
+        return now_ns < timeline.stop_ns + int(equipment.final_timeout_s * NS_PER_S)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, parse_config
+from edge_agent.domain import NS_PER_S, ns_from_iso
 from edge_agent.publish.topics import mes_topic
 from simulators.broker import LocalMosquitto
 from simulators.mes import LotPlan, MesPublisher, TrueOrder, demo_lots, run_plan
@@ -34,12 +36,16 @@ from simulators.opcua_machines import NAMESPACE as OPCUA_NAMESPACE
 from simulators.opcua_machines import OpcUaMachineServer
 from simulators.plant import ENCLOSURE_LINE, Step, agent_config, build_plant, write_config
 
+# The demo's energy-balance period (the agent's default is an hour).
+DEMO_BALANCE_PERIOD_S = 5
+
 
 class RecordSubscriber:
     """A consumer of lot records (what a plant historian or PCF system would run)."""
 
     def __init__(self, host: str, port: int, topic: str, *, echo: bool = False) -> None:
         self.records: list[dict[str, Any]] = []
+        self.balances: list[dict[str, Any]] = []  # energy-balance records, every revision
         self.statuses: list[dict[str, Any]] = []
         self.received_at: dict[str, float] = {}
         self._echo = echo
@@ -71,6 +77,10 @@ class RecordSubscriber:
         if topic.endswith("/status"):
             self.statuses.append(body)
             return
+        if body.get("kind") == "balance":
+            self.balances.append(body)
+            self._arrived.set()
+            return
         if body.get("kind") not in ("order", "lot"):
             return
         self.records.append(body)
@@ -89,6 +99,27 @@ class RecordSubscriber:
                 if current is None or record["revision"] >= current["revision"]:
                     out[record["record_id"]] = record
         return out
+
+    def latest_balances(self) -> list[dict[str, Any]]:
+        """Newest revision of every balance record, by period start."""
+        out: dict[str, dict[str, Any]] = {}
+        for record in self.balances:
+            current = out.get(record["record_id"])
+            if current is None or record["revision"] >= current["revision"]:
+                out[record["record_id"]] = record
+        return sorted(out.values(), key=lambda record: str(record["start"]))
+
+    async def wait_for_balance(self, until_ns: int, timeout_s: float) -> bool:
+        """Wait until a balance record whose period ends at or after ``until_ns`` arrives."""
+        deadline = time.monotonic() + timeout_s
+        while not any(ns_from_iso(b["end"]) >= until_ns for b in self.balances):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return True
 
     async def wait_for(self, orders: int, lots: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -133,6 +164,7 @@ class PlantHarness:
         final_timeout_s: float = 10.0,
         opcua_steps: tuple[str, ...] = (),
         power_only_steps: tuple[str, ...] = (),
+        balance: dict[str, Any] | None = None,
     ) -> None:
         self.folder = folder
         self.steps = steps
@@ -151,6 +183,8 @@ class PlantHarness:
         for equipment in self.raw_config["equipment"]:
             if equipment["id"] in power_only_steps:  # attribute the power register, not the counter
                 equipment["meters"] = [{"meter": equipment["meters"][0], "point": "power"}]
+        if balance is not None:  # the `balance` configuration section
+            self.raw_config["balance"] = dict(balance)
         self.opcua: OpcUaMachineServer | None = None
         if opcua_steps:
             self._move_to_opcua(opcua_steps, interval_s)
@@ -258,6 +292,8 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
         host, port_number = local.host, local.port
     print(f"broker {host}:{port_number}; data in {output}/ ; running {duration_s:g} s")
     step_s = 4.0
+    # Short energy-balance periods, so that the run's balance is published while it lasts.
+    balance = {"period_s": DEMO_BALANCE_PERIOD_S, "settle_s": 2.0}
     # One lot takes every step (+ a pause in painting); the next lot follows one step behind.
     lot_seconds = len(ENCLOSURE_LINE) * (step_s + 0.3) + step_s / 2
     stagger_s = step_s * 1.5 + 0.5
@@ -265,9 +301,13 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
     try:
         # The welding robot reports over OPC UA (its controller), the others over Modbus meters.
         async with PlantHarness(
-            output, host, port_number, echo=True, opcua_steps=("welding-robot",)
+            output, host, port_number, echo=True, opcua_steps=("welding-robot",), balance=balance
         ) as harness:
             print(f"{len(harness.plant.meters)} simulated meters, {lot_count} lots planned\n")
+            # Production starts with a balance period, so the balances cover all of it.
+            period_ns = DEMO_BALANCE_PERIOD_S * NS_PER_S
+            await asyncio.sleep((period_ns - time.time_ns() % period_ns) / NS_PER_S)
+            run_start_ns = time.time_ns()
             print(
                 "kind  lot        step                  energy       CO2e          per unit      quality"
             )
@@ -285,6 +325,11 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
                 assert harness.consumer is not None
                 await harness.consumer.wait_for(len(truth), lot_count, timeout_s=15)
                 _print_truth(truth, harness.consumer.latest("order"))
+                last_stop_ns = max((order.stop_ns for order in truth), default=run_start_ns)
+                await harness.consumer.wait_for_balance(
+                    last_stop_ns, timeout_s=DEMO_BALANCE_PERIOD_S + 10
+                )
+                _print_balance(harness.consumer.latest_balances(), harness.consumer.latest("order"))
     finally:
         if local is not None:
             local.stop()
@@ -307,6 +352,35 @@ def _print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> 
             f"\n{len(errors)} order records vs the simulator's ground truth: "
             f"median error {errors[len(errors) // 2][0]:.3%}, worst {worst:.3%} ({worst_order})"
         )
+
+
+def _print_balance(
+    balances: list[dict[str, Any]], order_records: dict[str, dict[str, Any]]
+) -> None:
+    """The site's energy over the run: metered = to orders + idle (+ unallocated), from the
+    balance records, and the orders' part next to the sum of their order records."""
+    if not balances:
+        print("\nno energy-balance record arrived")
+        return
+    metered = math.fsum(b["metered_kwh"] for b in balances)
+    orders = math.fsum(b["to_orders_kwh"] for b in balances)
+    idle = math.fsum(b["idle_kwh"] for b in balances)
+    unallocated = math.fsum(b["unallocated_kwh"] for b in balances)
+    revised = sum(1 for b in balances if b["revision"] > 1)
+    in_balances = {e["order_id"] for b in balances for e in b["orders"]}
+    records = math.fsum(
+        r["energy_kwh"] for r in order_records.values() if r["order_id"] in in_balances
+    )
+    print(
+        f"\nsite energy balance {balances[0]['start']} .. {balances[-1]['end']} "
+        f"({len(balances)} records of {balances[0]['period_s']:g} s"
+        + (f", {revised} revised" if revised else "")
+        + f"):\n  metered {metered:.4f} kWh = orders {orders:.4f} + idle {idle:.4f}"
+        + (f" + unallocated {unallocated:.4f}" if unallocated else "")
+        + f" kWh (difference {metered - orders - idle - unallocated:+.1e})"
+        + f"\n  the orders' part vs their order records: {orders:.4f} vs {records:.4f} kWh "
+        f"(difference {orders - records:+.1e})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,6 +142,9 @@ def agent_config(
         ],
         "mqtt": {"host": mqtt_host, "port": mqtt_port, "topic_prefix": "acme", "keepalive_s": 10},
         "store": {"path": str(store_path), "batch_max_delay_s": 0.2},
+        # The simulated plant runs on the host's clock: whether the host runs NTP must not flag
+        # its records (tests/integration/test_clock_steps.py tests the check).
+        "clock": {"check_sync": False},
         "emission_factors": {"electricity": dict(emission_factor or GRID_FACTOR)},
     }
 

@@ -154,6 +154,7 @@ class _CarrierTotal:
     quantity: float
     measured: float
     factor: Factor
+    uncertainty: float  # bound, in ``unit``: the meters' bounds added (errors may align)
 
     @property
     def co2e(self) -> float:
@@ -183,6 +184,7 @@ def _carrier_totals(
                 quantity=math.fsum(alloc.orders[order_id].energy for alloc in group),
                 measured=math.fsum(alloc.orders[order_id].measured for alloc in group),
                 factor=factors[carrier],
+                uncertainty=math.fsum(alloc.orders[order_id].uncertainty for alloc in group),
             )
         )
     return totals
@@ -233,6 +235,7 @@ def build_order_record(
     totals = _carrier_totals(facts.order_id, allocations, factors, carrier)
     co2e = math.fsum(t.co2e for t in totals)
     energy_kwh = math.fsum(t.quantity for t in totals if t.carrier == ELECTRICITY)
+    uncertainty_kwh = math.fsum(t.uncertainty for t in totals if t.carrier == ELECTRICITY)
     coverage = min((alloc.coverage for alloc in allocations), default=0.0)
     measured_share, primary_share = _quality(totals, coverage)
 
@@ -271,7 +274,9 @@ def build_order_record(
         "quantity_scrap": facts.quantity_scrap,
         "unit": facts.unit,
         "energy_kwh": _round(energy_kwh),
+        "uncertainty_kwh": _round(uncertainty_kwh),
         "co2e_kg": _round(co2e),
+        "co2e_uncertainty_kg": _round(math.fsum(t.uncertainty * t.factor.value for t in totals)),
         "co2e_kg_per_unit": _per_unit(co2e, facts.quantity_good),
         "kwh_per_unit": _per_unit(energy_kwh, facts.quantity_good),
         "measured_share": _round(measured_share),
@@ -281,6 +286,7 @@ def build_order_record(
             {
                 "carrier": total.carrier,
                 "quantity": _round(total.quantity),
+                "uncertainty": _round(total.uncertainty),
                 "unit": total.unit,
                 "co2e_kg": _round(total.co2e),
                 "emission_factor": _factor_json(total.factor),
@@ -303,6 +309,8 @@ def _meter_json(alloc: MeterAllocation, order_id: str) -> dict[str, Any]:
         "role": "direct",
         "method": alloc.method,
         "energy": _round(share.energy),
+        "uncertainty": _round(share.uncertainty),
+        "uncertainty_kwh": _round(share.uncertainty) if alloc.unit == "kWh" else None,
         "unit": alloc.unit,
         "first_reading": _reading(alloc.first_reading),
         "last_reading": _reading(alloc.last_reading),
@@ -329,6 +337,9 @@ def _lot_meters(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 merged[key].setdefault("flags", [])
                 continue
             entry["energy"] = _round(entry["energy"] + meter["energy"])
+            entry["uncertainty"] = _round(entry["uncertainty"] + meter["uncertainty"])
+            if entry["uncertainty_kwh"] is not None:
+                entry["uncertainty_kwh"] = entry["uncertainty"]
             entry["sample_count"] += meter["sample_count"]
             entry["coverage"] = min(entry["coverage"], meter["coverage"])
             first, last = meter["first_reading"], meter["last_reading"]
@@ -366,11 +377,14 @@ def build_lot_record(
     *,
     quantity_good: float | None,
     revision: int,
+    open_orders: Sequence[str] = (),
 ) -> Record:
     """The lot summary from its order records (as published): sums, one entry per step.
 
     ``quantity_good`` is the ``lot_complete`` event's; None falls back to the last finished
-    step's (by end time). Shares are CO2e-weighted over the steps.
+    step's (by end time). Shares are CO2e-weighted over the steps. ``open_orders``: the lot's
+    orders not final yet (running, or stopped and waiting for their boundary reading); their
+    energy is not in the sums, so the record says ``incomplete`` and counts ``open_steps``.
     """
     if revision < 1:
         raise ValueError(f"revision must be >= 1, got {revision}")
@@ -393,10 +407,12 @@ def build_lot_record(
         for carrier in order["carriers"]:
             entry = carriers.setdefault(
                 carrier["carrier"],
-                {"carrier": carrier["carrier"], "quantity": 0.0, "unit": carrier["unit"],
+                {"carrier": carrier["carrier"], "quantity": 0.0, "uncertainty": 0.0,
+                 "unit": carrier["unit"],
                  "co2e_kg": 0.0, "emission_factor": carrier["emission_factor"]},
             )  # fmt: skip
             entry["quantity"] = _round(entry["quantity"] + carrier["quantity"])
+            entry["uncertainty"] = _round(entry["uncertainty"] + carrier["uncertainty"])
             entry["co2e_kg"] = _round(entry["co2e_kg"] + carrier["co2e_kg"])
             factors_used.setdefault(carrier["carrier"], carrier["emission_factor"])
     flags: list[dict[str, Any]] = []
@@ -410,6 +426,16 @@ def build_lot_record(
     if not ordered:
         flags.append(
             {"code": "no_orders", "detail": "lot_complete for a lot without finished orders"}
+        )
+    if open_orders:
+        named = sorted(open_orders)
+        listed = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+        flags.append(
+            {
+                "code": "incomplete",
+                "detail": f"{len(named)} of the lot's orders not final yet ({listed}): their "
+                "energy is not in this summary, which is re-issued when they are final",
+            }
         )
     scraps = [o.get("quantity_scrap") for o in ordered]
     known_scrap = [s for s in scraps if s is not None]
@@ -430,13 +456,19 @@ def build_lot_record(
         "quantity_scrap": _round(math.fsum(known_scrap)) if known_scrap else None,
         "unit": ordered[-1]["unit"] if ordered else "piece",
         "energy_kwh": _round(energy),
+        "uncertainty_kwh": _round(math.fsum(o.get("uncertainty_kwh", 0.0) for o in ordered)),
         "co2e_kg": _round(co2e),
+        "co2e_uncertainty_kg": _round(
+            math.fsum(o.get("co2e_uncertainty_kg", 0.0) for o in ordered)
+        ),
         "co2e_kg_per_unit": _per_unit(co2e, quantity_good),
         "kwh_per_unit": _per_unit(energy, quantity_good),
         "measured_share": _round(weighted("measured_share")),
         "primary_data_share": _round(weighted("primary_data_share")),
         "coverage": _round(min((o["coverage"] for o in ordered), default=0.0)),
         "steps": len(ordered),
+        "open_steps": len(open_orders),
+        "incomplete": bool(open_orders),
         "orders": [
             {
                 "order_id": o["order_id"],

@@ -115,6 +115,12 @@ def cross_check(config: AgentConfig) -> list[str]:
             )
     for index, item in enumerate(config.equipment):
         problems += _check_equipment(f"equipment[{index}]", item, meters, config)
+    for index, meter_id in enumerate(config.balance.exclude_meters):
+        if meter_id not in meters:
+            problems.append(
+                f"balance.exclude_meters[{index}]: {meter_id!r} is not a configured meter "
+                f"(known: {', '.join(sorted(meters))})"
+            )
     return problems
 
 

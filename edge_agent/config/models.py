@@ -8,6 +8,7 @@ name the bad value and what was expected; :mod:`edge_agent.config.loader` prefix
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -364,9 +365,22 @@ class MqttConfig(SecretRef):
     mes_topic: str = "{prefix}/{site}/mes/orders"
     order_topic: str = "{prefix}/{site}/{line}/{equipment}/lots/{lot_id}"
     lot_topic: str = "{prefix}/{site}/lots/{lot_id}"
-    balance_topic: str = "{prefix}/{site}/{line}/{equipment}/energy-balance"
+    balance_topic: str = "{prefix}/{site}/energy-balance"  # placeholders: {prefix}, {site}
     status_topic: str = "{prefix}/{site}/edge-agent/status"
     dead_letter_topic: str | None = "{prefix}/{site}/mes/dead-letter"
+
+    @field_validator("balance_topic")
+    @classmethod
+    def _site_wide_levels(cls, value: str) -> str:
+        # A balance record covers the whole site: no line, equipment or lot to fill in.
+        used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        if not used <= {"prefix", "site"}:
+            raise invalid(
+                "{value!r} uses {unknown}: a balance topic may only use {{prefix}} and {{site}}",
+                value=value,
+                unknown=", ".join(f"{{{name}}}" for name in sorted(used - {"prefix", "site"})),
+            )
+        return value
 
 
 class MesConfig(StrictModel):
@@ -397,6 +411,42 @@ class StoreConfig(StrictModel):
     batch_max_delay_s: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
+class ClockConfig(StrictModel):
+    """How the agent keeps time (docs/configuration.md, section clock)."""
+
+    # Ask the kernel (adjtimex) whether the system clock is synchronised: records made while it
+    # is not are flagged clock_unsynchronised. Off where the kernel's word means nothing.
+    check_sync: bool = True
+    # The system clock moving against the agent's time by more than this between two checks
+    # (0.5 s apart) is a step; less is drift, which NTP slews.
+    step_threshold_s: Annotated[float, Field(ge=0.1, le=3600)] = 1.0
+
+
+class BalanceConfig(StrictModel):
+    """Energy-balance records (docs/configuration.md, section balance)."""
+
+    enabled: bool = True
+    # Length of a period in seconds; periods are aligned to UTC midnight, so it divides a day.
+    period_s: Annotated[int, Field(ge=1, le=86400)] = 3600
+    # A period is computed this long after its end (late MES stops, final orders); default:
+    # the longest equipment[].final_timeout_s.
+    settle_s: Annotated[float, Field(ge=0, le=86400)] | None = None
+    # Meters that serve no equipment and must not be added to the site (e.g. a main incomer
+    # that measures the sub-meters' energy again).
+    exclude_meters: list[Identifier] = Field(default_factory=list)
+
+    @field_validator("period_s")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86400 % value:
+            raise invalid(
+                "{value} does not divide a day (86400 s): periods are aligned to UTC midnight; "
+                "use e.g. 900, 3600 or 86400",
+                value=value,
+            )
+        return value
+
+
 class EmissionFactor(StrictModel):
     value: Annotated[float, Field(ge=0)]
     unit: str  # kgCO2e per carrier unit, e.g. "kgCO2e/kWh"
@@ -416,6 +466,8 @@ class AgentConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     mes: MesConfig = Field(default_factory=MesConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig)
     emission_factors: dict[Identifier, EmissionFactor] = Field(default_factory=dict)
 
     def meter(self, meter_id: str) -> ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter:
@@ -429,6 +481,13 @@ class AgentConfig(StrictModel):
             if item.id == equipment_id:
                 return item
         raise KeyError(equipment_id)
+
+    @property
+    def balance_settle_s(self) -> float:
+        """Seconds after a balance period's end before it is computed."""
+        if self.balance.settle_s is not None:
+            return self.balance.settle_s
+        return max((item.final_timeout_s for item in self.equipment), default=30.0)
 
     @property
     def client_id(self) -> str:

@@ -32,6 +32,10 @@ def lot_topic(config: AgentConfig, lot_id: str) -> str:
     return _fill(config.mqtt.lot_topic, config, lot_id=lot_id)
 
 
+def balance_topic(config: AgentConfig) -> str:
+    return _fill(config.mqtt.balance_topic, config)
+
+
 def mes_topic(config: AgentConfig) -> str:
     return _fill(config.mqtt.mes_topic, config)
 

@@ -1,6 +1,7 @@
 """SQLite store: samples, MES events, order and lot status, the record outbox."""
 
 from edge_agent.store.sqlite import (
+    BalancePeriod,
     IntakeCommit,
     OutboxRecord,
     OutboxRow,
@@ -13,6 +14,7 @@ from edge_agent.store.sqlite import (
 )
 
 __all__ = [
+    "BalancePeriod",
     "IntakeCommit",
     "OutboxRecord",
     "OutboxRow",

@@ -82,4 +82,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE events ADD COLUMN held_until_ns INTEGER",
         "CREATE INDEX events_held ON events (held_until_ns) WHERE held_until_ns IS NOT NULL",
     ),
+    # 4: energy-balance periods already computed (their records are in the outbox, kind
+    # 'balance'): the revision published and, per equipment, the order spans the period was
+    # computed with, so a changed order recomputes only the periods it really changes.
+    (
+        """CREATE TABLE balances (
+            period_start_ns INTEGER NOT NULL,
+            period_end_ns INTEGER NOT NULL,
+            record_id TEXT NOT NULL,
+            revision INTEGER NOT NULL,
+            inputs TEXT NOT NULL,
+            computed_ns INTEGER NOT NULL,
+            PRIMARY KEY (period_start_ns, period_end_ns)
+        )""",
+        "CREATE INDEX balances_by_end ON balances (period_end_ns)",
+    ),
 )

@@ -13,6 +13,8 @@ Durability, chosen per transaction (WAL mode; ``synchronous`` is set before each
 * ``mark_sent`` and ``note_attempts`` also use NORMAL: losing one only means a record is
   published again after a crash, which the deterministic ``record_id`` makes harmless (consumers
   de-duplicate), and it keeps the outbox drain from paying one fsync per PUBACK batch.
+* The agent's heartbeat (``record_run_alive``) uses NORMAL too: losing the last ones on power
+  loss only makes its down-time look longer (more boundaries estimated, never fewer).
 
 Samples are written one transaction per batch (executemany), never per row; aiosqlite costs a
 thread hop per await, so every method here does its work in as few awaits as possible.
@@ -35,6 +37,16 @@ import aiosqlite
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.domain import PointRole, Quality, Sample
 from edge_agent.errors import StoreError
+from edge_agent.store.runs import (
+    RUN_HISTORY_MAX,
+    RUN_HISTORY_NS,
+    RUN_KEY_END,
+    RUN_KEY_PREFIX,
+    AgentRun,
+    downtimes,
+    parse_run,
+    run_key,
+)
 from edge_agent.store.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -117,6 +129,18 @@ class Status:
     finalised_ns: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BalancePeriod:
+    """An energy-balance period already computed; its record is in the outbox."""
+
+    start_ns: int
+    end_ns: int
+    record_id: str
+    revision: int  # the latest published
+    inputs: str  # JSON: per equipment, the order spans the period was computed with
+    computed_ns: int
+
+
 _SAMPLE_COLUMNS = "ts_ns, meter_id, point, role, unit, value, quality, state, detail"
 _EVENT_COLUMNS = (
     "event_id, type, ts_ns, order_id, lot_id, equipment_id, payload, received_ns, supersedes, "
@@ -128,6 +152,8 @@ _OUTBOX_COLUMNS = (
 )
 # Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
 _PRUNE_CHUNK_ROWS = 20_000
+# agent_state keys of final orders to recompute (see Store.recheck_order_ids).
+_RECHECK = "split_recheck/"
 
 
 def _sample(row: Any) -> Sample:
@@ -627,19 +653,97 @@ class Store:
         )
         return [row[0] for row in await self._all(query)]
 
-    async def finalise_order(self, order_id: str, record: OutboxRecord) -> int:
+    async def finalise_order(
+        self, order_id: str, record: OutboxRecord, *, recheck: Sequence[str] = ()
+    ) -> int:
         """Mark the order final and enqueue its record in one durable transaction.
 
         Returns the record's outbox seq. Either both happen or neither: a crash or an error in
         between leaves the order open and the outbox unchanged, and repeating the call with the
-        same (record_id, revision) adds no second row.
+        same (record_id, revision) adds no second row. ``recheck``: final orders that shared
+        the equipment with this one and must be recomputed (see :meth:`recheck_order_ids`);
+        the order's own recheck mark, if any, is cleared.
         """
         async with self._transaction("FULL", f"finalising order {order_id}"):
             seq = await self._enqueue(record)
             await self._set_order_final(
                 order_id, record.record_id, record.revision, record.created_ns
             )
+            await self._mark_recheck(order_id, recheck)
         return seq
+
+    async def confirm_order(
+        self,
+        order_id: str,
+        record_id: str,
+        revision: int,
+        ts_ns: int,
+        *,
+        recheck: Sequence[str] = (),
+    ) -> None:
+        """The order was recomputed to its published record: final at ``ts_ns`` with that
+        revision, ``recheck`` marked, its own recheck mark cleared — one durable transaction."""
+        async with self._transaction("FULL", f"confirming order {order_id}"):
+            await self._set_order_final(order_id, record_id, revision, ts_ns)
+            await self._mark_recheck(order_id, recheck)
+
+    async def _mark_recheck(self, order_id: str, recheck: Sequence[str]) -> None:
+        await self._db.execute("DELETE FROM agent_state WHERE key = ?", (_RECHECK + order_id,))
+        await self._db.executemany(
+            "INSERT INTO agent_state (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING",
+            [(_RECHECK + other,) for other in recheck if other != order_id],
+        )
+
+    async def recheck_order_ids(self) -> list[str]:
+        """Final orders to recompute because an order that shared their equipment changed.
+
+        Kept in ``agent_state`` (keys ``split_recheck/<order_id>``), written in the transaction
+        that publishes the change, so a crash cannot leave a split half updated.
+        """
+        query = "SELECT substr(key, ?) FROM agent_state WHERE substr(key, 1, ?) = ? ORDER BY key"
+        params = (len(_RECHECK) + 1, len(_RECHECK), _RECHECK)
+        return [row[0] for row in await self._all(query, params)]
+
+    async def final_orders_finalised_between(
+        self, equipment_id: str, from_ns: int, to_ns: int
+    ) -> list[str]:
+        """Final orders on this equipment whose record was last computed in [from, to]."""
+        query = (
+            "SELECT order_id FROM orders WHERE equipment_id = ? AND status = 'final' "
+            "AND finalised_ns BETWEEN ? AND ? ORDER BY order_id"
+        )
+        return [row[0] for row in await self._all(query, (equipment_id, from_ns, to_ns))]
+
+    async def final_orders_changed_since_final(self) -> list[str]:
+        """Final orders with an event (in force, not held) received after they were finalised:
+        a correction committed just before a crash, still to be recomputed."""
+        query = (
+            "SELECT o.order_id FROM orders o WHERE o.status = 'final' AND EXISTS ("
+            "SELECT 1 FROM events e WHERE e.order_id = o.order_id AND e.held_until_ns IS NULL "
+            "AND e.received_ns > o.finalised_ns) ORDER BY o.order_id"
+        )
+        return [row[0] for row in await self._all(query)]
+
+    async def lot_orders(self, lot_id: str) -> list[tuple[str, Status]]:
+        """The lot's orders with their status, in one query."""
+        query = (
+            "SELECT order_id, status, revision, record_id, finalised_ns FROM orders "
+            "WHERE lot_id = ? ORDER BY order_id"
+        )
+        return [
+            (row[0], Status(row[1], int(row[2]), row[3], row[4]))
+            for row in await self._all(query, (lot_id,))
+        ]
+
+    async def stale_lot_ids(self) -> list[str]:
+        """Summarised lots with an order that is open or was finalised at or after the summary
+        (recomputed after a restart: the summary may miss its newest order revisions)."""
+        query = (
+            "SELECT l.lot_id FROM lots l WHERE l.status = 'final' AND EXISTS ("
+            "SELECT 1 FROM orders o WHERE o.lot_id = l.lot_id AND (o.status = 'open' "
+            "OR o.finalised_ns >= l.finalised_ns)) ORDER BY l.lot_id"
+        )
+        return [row[0] for row in await self._all(query)]
 
     async def finalise_lot(self, lot_id: str, record: OutboxRecord) -> int:
         """Mark the lot final and enqueue its summary record in one durable transaction."""
@@ -751,6 +855,46 @@ class Store:
         query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq DESC LIMIT ?"
         return [_outbox(row) for row in await self._all(query, (limit,))]
 
+    # -- energy balances -------------------------------------------------------------------
+
+    async def balance_periods(self, from_ns: int, to_ns: int) -> list[BalancePeriod]:
+        """Computed balance periods that overlap [from, to), oldest first."""
+        query = (
+            "SELECT period_start_ns, period_end_ns, record_id, revision, inputs, computed_ns "
+            "FROM balances WHERE period_end_ns > ? AND period_start_ns < ? "
+            "ORDER BY period_start_ns, period_end_ns"
+        )
+        return [BalancePeriod(*row) for row in await self._all(query, (from_ns, to_ns))]
+
+    async def last_balance_end(self) -> int | None:
+        """The end of the latest computed balance period (None before the first)."""
+        row = await self._one("SELECT max(period_end_ns) FROM balances")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def save_balance(self, period: BalancePeriod, record: OutboxRecord | None) -> None:
+        """Store the period (its revision and inputs) and enqueue its record, if any, in one
+        durable transaction: a crash leaves either both or neither."""
+        async with self._transaction("FULL", f"saving balance {period.record_id}"):
+            if record is not None:
+                await self._enqueue(record)
+            await self._db.execute(
+                "INSERT INTO balances (period_start_ns, period_end_ns, record_id, revision, "
+                "inputs, computed_ns) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (period_start_ns, period_end_ns) DO UPDATE SET "
+                "record_id = excluded.record_id, revision = excluded.revision, "
+                "inputs = excluded.inputs, computed_ns = excluded.computed_ns",
+                (
+                    period.start_ns, period.end_ns, period.record_id, period.revision,
+                    period.inputs, period.computed_ns,
+                ),
+            )  # fmt: skip
+
+    async def latest_payload(self, record_id: str) -> dict[str, Any] | None:
+        """The payload of a record's newest revision in the outbox."""
+        query = "SELECT payload FROM outbox WHERE record_id = ? ORDER BY revision DESC LIMIT 1"
+        row = await self._one(query, (record_id,))
+        return dict(json.loads(row[0])) if row else None
+
     # -- agent state ------------------------------------------------------------------------
 
     async def get_state(self, key: str) -> str | None:
@@ -764,6 +908,83 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    # -- the agent's own runs (edge_agent.store.runs) ---------------------------------------
+
+    async def record_run_start(self, start_ns: int) -> AgentRun | None:
+        """Mark the start of a run (durably); returns the run before it, if any.
+
+        Also forgets runs whose following down-time ended more than ``RUN_HISTORY_NS`` ago,
+        and all but the newest ``RUN_HISTORY_MAX`` runs (a crash loop).
+        """
+        run = AgentRun(start_ns, start_ns, clean=False)
+        cutoff_key = run_key(start_ns - RUN_HISTORY_NS)
+        async with self._transaction("FULL", "recording the agent's start"):
+            await self._db.execute(
+                "INSERT INTO agent_state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (run.key, run.value()),
+            )
+            async with self._db.execute(
+                "SELECT key, value FROM agent_state WHERE key >= ? AND key < ? "
+                "ORDER BY key DESC LIMIT 1",
+                (RUN_KEY_PREFIX, run.key),
+            ) as cursor:
+                row = await cursor.fetchone()
+            # Older than the newest run started before the cutoff: its down-time ended before.
+            await self._db.execute(
+                "DELETE FROM agent_state WHERE key >= ? AND key < (SELECT max(key) "
+                "FROM agent_state WHERE key >= ? AND key < ?)",
+                (RUN_KEY_PREFIX, RUN_KEY_PREFIX, cutoff_key),
+            )
+            await self._db.execute(
+                "DELETE FROM agent_state WHERE key >= ? AND key < (SELECT key FROM agent_state "
+                "WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1 OFFSET ?)",
+                (RUN_KEY_PREFIX, RUN_KEY_PREFIX, RUN_KEY_END, RUN_HISTORY_MAX - 1),
+            )
+        return parse_run(row[0], row[1]) if row else None
+
+    async def record_run_alive(self, start_ns: int, alive_ns: int, *, clean: bool = False) -> None:
+        """The run that started at ``start_ns`` is alive at ``alive_ns`` (a heartbeat), or
+        stopped cleanly then (``clean``).
+
+        A heartbeat commits with ``synchronous=NORMAL``: a process kill keeps it (it is in
+        the WAL); power loss may drop the last ones, which only makes the down-time look
+        longer — more boundaries estimates, never fewer. The clean stop commits with FULL.
+        """
+        run = AgentRun(start_ns, alive_ns, clean)
+        what = "recording the agent's stop" if clean else "recording the agent's heartbeat"
+        async with self._transaction("FULL" if clean else "NORMAL", what):
+            await self._db.execute(
+                "INSERT INTO agent_state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (run.key, run.value()),
+            )
+
+    async def agent_runs(self) -> list[AgentRun]:
+        """The runs kept (see :meth:`record_run_start`), oldest first."""
+        query = "SELECT key, value FROM agent_state WHERE key >= ? AND key < ? ORDER BY key"
+        rows = await self._all(query, (RUN_KEY_PREFIX, RUN_KEY_END))
+        return [run for key, value in rows if (run := parse_run(key, value)) is not None]
+
+    async def agent_downtimes(self, since_ns: int, until_ns: int) -> list[tuple[int, int]]:
+        """The agent's own down-times overlapping [since, until]: from one run's last sign of
+        life (its last heartbeat after a kill -9) to the next run's start, oldest first."""
+        # The runs that started in [since, until], the one before and the one after.
+        query = """
+            SELECT * FROM (SELECT key, value FROM agent_state WHERE key >= ? AND key < ?
+                           ORDER BY key DESC LIMIT 1)
+            UNION ALL
+            SELECT key, value FROM agent_state WHERE key >= ? AND key <= ?
+            UNION ALL
+            SELECT * FROM (SELECT key, value FROM agent_state WHERE key > ? AND key < ?
+                           ORDER BY key LIMIT 1)
+        """
+        low, high = run_key(since_ns), run_key(until_ns)
+        params = (RUN_KEY_PREFIX, low, low, high, high, RUN_KEY_END)
+        rows = await self._all(query, params)
+        runs = [run for key, value in rows if (run := parse_run(key, value)) is not None]
+        return downtimes(runs, since_ns, until_ns)
 
     # -- plumbing ---------------------------------------------------------------------------
 

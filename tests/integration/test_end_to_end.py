@@ -44,7 +44,9 @@ def check_orders(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> 
         assert error < COUNTER_TOLERANCE, (order.order_id, record["energy_kwh"], order.true_kwh)
         assert record["quantity_good"] == order.quantity_good
         assert record["co2e_kg"] == pytest.approx(record["energy_kwh"] * 0.434, rel=1e-9)
-        assert record["measured_share"] == pytest.approx(1.0)
+        # Read on event: only the float32 register's step is left unresolved.
+        assert record["measured_share"] > 0.999
+        assert abs(record["energy_kwh"] - order.true_kwh) <= record["uncertainty_kwh"]
         assert record["primary_data_share"] == 0.0  # grid-average factor: not primary
     return errors
 

@@ -310,3 +310,47 @@ def test_schema_rejects_broken_lot_records(change: str, path: str) -> None:
     VALIDATOR.validate(good)
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(_broken(good, change, path))
+
+
+def test_a_lot_with_open_steps_says_it_is_incomplete() -> None:
+    """Issue 8: a summary made while steps run carries incomplete, open_steps and a flag; the
+    energy is the final steps' only."""
+    orders = ivi_orders()
+    done = orders[:3]
+    partial = build_lot_record(
+        "site", "lot-1", done, quantity_good=19, revision=1, open_orders=["paint", "assemble"]
+    ).to_json_dict()
+    VALIDATOR.validate(partial)
+    assert (partial["incomplete"], partial["open_steps"], partial["steps"]) == (True, 2, 3)
+    assert partial["energy_kwh"] == pytest.approx(math.fsum(o["energy_kwh"] for o in done))
+    (flag,) = [f for f in partial["flags"] if f["code"] == "incomplete"]
+    assert "assemble, paint" in flag["detail"]
+    whole = build_lot_record("site", "lot-1", orders, quantity_good=19, revision=2).to_json_dict()
+    VALIDATOR.validate(whole)
+    assert (whole["incomplete"], whole["open_steps"], whole["steps"]) == (False, 0, 5)
+    assert "incomplete" not in {f["code"] for f in whole["flags"]}
+    assert whole["record_id"] == partial["record_id"]
+
+
+def test_an_incomplete_flag_names_at_most_ten_open_orders() -> None:
+    open_orders = [f"o-{i:02d}" for i in range(12)]
+    payload = build_lot_record(
+        "site", "lot-1", [], quantity_good=None, revision=1, open_orders=open_orders
+    ).to_json_dict()
+    VALIDATOR.validate(payload)
+    (flag,) = [f for f in payload["flags"] if f["code"] == "incomplete"]
+    assert "o-09 and 2 more" in flag["detail"]
+    assert "o-10" not in flag["detail"]
+    assert payload["open_steps"] == 12
+
+
+@pytest.mark.parametrize(
+    ("open_steps", "incomplete"), [(0, True), (2, False), (-1, True), (1, "yes")]
+)
+def test_schema_ties_incomplete_to_open_steps(open_steps: int, incomplete: Any) -> None:
+    payload = build_lot_record(
+        "site", "lot-1", ivi_orders(), quantity_good=None, revision=1
+    ).to_json_dict()
+    payload.update(open_steps=open_steps, incomplete=incomplete)
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(payload)
