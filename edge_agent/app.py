@@ -82,7 +82,14 @@ class Agent:
             await self.clock_watch.load()
             self.clock_watch.report()
             self._spawn(self.clock_watch.run(), "clock-watch")
-        self.engine = OrderEngine(config, store, self.clock, self.read_now, self.publisher.notify)
+        self.engine = OrderEngine(
+            config,
+            store,
+            self.clock,
+            self.read_now,
+            self.publisher.notify,
+            unwritten_since=self.batcher.oldest_pending_ns,
+        )
         if config.balance.enabled:  # before resume: resumed orders may change balances
             self.balances = BalanceKeeper(
                 config, store, self.clock, self.engine.timelines_overlapping, self.publisher.notify

@@ -56,6 +56,10 @@ class SampleBatcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    def oldest_pending_ns(self) -> int | None:
+        """The time of the first sample still to write (sources put them in time order)."""
+        return self._pending[0].ts_ns if self._pending else None
+
     async def run(self) -> None:
         """Write batches until cancelled; on cancellation, the caller runs :meth:`flush`."""
         while True:

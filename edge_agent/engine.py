@@ -208,8 +208,12 @@ class OrderEngine:
         clock: Clock,
         read_now: ReadNow,
         on_record: Callable[[], None],
+        *,
+        unwritten_since: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._config = config
+        # The time of the oldest polled sample not yet in the store (None: all written).
+        self._unwritten_since = unwritten_since
         self._store = store
         self._clock = clock
         self._read_now = read_now
@@ -604,7 +608,9 @@ class OrderEngine:
         if equipment is None:
             log.warning("order %s ran on unknown equipment %s", order_id, timeline.equipment_id)
             return True
-        complete = await self._boundary_covered(equipment, timeline.stop_ns)
+        complete = await self._boundary_covered(equipment, timeline.stop_ns) and (
+            self._samples_written_through(timeline.stop_ns)
+        )
         timed_out = now_ns >= timeline.stop_ns + int(equipment.final_timeout_s * NS_PER_S)
         if not complete and not timed_out and not timeline.cancelled:
             return False
@@ -703,6 +709,13 @@ class OrderEngine:
             ):
                 recheck.append(other_id)
         return recheck
+
+    def _samples_written_through(self, stop_ns: int) -> bool:
+        """The polls up to the stop are in the store. The read-on-event sample at the stop is
+        written at once, the polls before it in batches: computed in between, the record would
+        see a reading gap that is not there (and call its boundary an estimate)."""
+        oldest = self._unwritten_since()
+        return oldest is None or oldest > stop_ns
 
     async def _boundary_covered(self, equipment: EquipmentConfig, stop_ns: int) -> bool:
         for ref in equipment.meters:

@@ -716,11 +716,12 @@ class Store:
 
     async def final_orders_changed_since_final(self) -> list[str]:
         """Final orders with an event (in force, not held) received after they were finalised:
-        a correction committed just before a crash, still to be recomputed."""
+        a correction committed just before a crash, still to be recomputed (at the same instant
+        too: a coarse clock may give both one timestamp, and a needless recheck changes nothing)."""
         query = (
             "SELECT o.order_id FROM orders o WHERE o.status = 'final' AND EXISTS ("
             "SELECT 1 FROM events e WHERE e.order_id = o.order_id AND e.held_until_ns IS NULL "
-            "AND e.received_ns > o.finalised_ns) ORDER BY o.order_id"
+            "AND e.received_ns >= o.finalised_ns) ORDER BY o.order_id"
         )
         return [row[0] for row in await self._all(query)]
 
