@@ -55,7 +55,7 @@ case "$cmd" in
         ;;
     test)
         ensure_system; ensure_venv
-        echo "==> ruff"; "$VENV/bin/ruff" check .
+        echo "==> ruff"; "$VENV/bin/ruff" check .; "$VENV/bin/ruff" format --check .
         echo "==> mypy"; "$VENV/bin/mypy"
         echo "==> pytest"; exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
         ;;

@@ -174,9 +174,7 @@ def equipment_state_changes(
         if point.role is PointRole.POWER:
             to_kw = POWER_UNITS_TO_KW[point.unit]
             power = [
-                Reading(s.ts_ns, s.value * to_kw)
-                for s in state_samples
-                if s.value is not None
+                Reading(s.ts_ns, s.value * to_kw) for s in state_samples if s.value is not None
             ]
         else:
             power = _power_from_counter(state_samples, _to_carrier_unit(point))

@@ -156,7 +156,9 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
         payload = json.loads(row.payload)
         state = f"sent {iso_from_ns(row.sent_ns)}" if row.sent_ns else "unsent"
         if row.kind == "balance":
-            print(f"{iso_from_ns(row.created_ns):<24} {format_balance(payload)} rev {row.revision} {state}")
+            print(
+                f"{iso_from_ns(row.created_ns):<24} {format_balance(payload)} rev {row.revision} {state}"
+            )
             continue
         print(
             f"{iso_from_ns(row.created_ns):<24} {row.kind:<5} {payload.get('lot_id', ''):<14} "

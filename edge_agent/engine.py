@@ -403,7 +403,9 @@ class OrderEngine:
             except EventRejected as exc:
                 if item.batch_index is None:
                     admission.late.append(
-                        LateRejection(item.stored.event_id, exc.code, exc.reason, item.stored.payload_json)
+                        LateRejection(
+                            item.stored.event_id, exc.code, exc.reason, item.stored.payload_json
+                        )
                     )
                 else:  # held in this very batch: never stored, rejected like any other
                     admission.reject(item.batch_index, exc)
@@ -439,7 +441,11 @@ class OrderEngine:
                 "invalid_supersedes",
             )
         if not same or (target.type == "lot_complete") != (event.type == "lot_complete"):
-            what = f"lot {event.lot_id!r}" if event.type == "lot_complete" else f"order {event.order_id!r}"
+            what = (
+                f"lot {event.lot_id!r}"
+                if event.type == "lot_complete"
+                else f"order {event.order_id!r}"
+            )
             raise EventRejected(
                 f"supersedes {target_id!r}, a {target.type} of order {target.order_id!r} "
                 f"lot {target.lot_id!r}: a correction must replace an event of the same {what}",
@@ -653,7 +659,11 @@ class OrderEngine:
             order_id,
             equipment.id,
             revision,
-            ", cancelled" if timeline.cancelled else ", auto-closed" if timeline.auto_closed else "",
+            ", cancelled"
+            if timeline.cancelled
+            else ", auto-closed"
+            if timeline.auto_closed
+            else "",
             record.energy_kwh,
             record.co2e_kg,
             f"; rechecking {len(recheck)} overlapping orders" if recheck else "",

@@ -423,7 +423,9 @@ def _max_rate(series: MeterSeries, curve: Cumulative) -> float:
     rates = [
         (v1 - v0) / (t1 - t0)
         for (t0, t1), (v0, v1), estimated in zip(
-            itertools.pairwise(curve.times), itertools.pairwise(curve.values), curve.estimated,
+            itertools.pairwise(curve.times),
+            itertools.pairwise(curve.values),
+            curve.estimated,
             strict=True,
         )
         if not estimated

@@ -222,9 +222,7 @@ def _check_size_and_depth(payload: bytes, limits: MesConfig) -> None:
             "payload_too_large",
         )
     if json_depth(payload, limits.max_json_depth) > limits.max_json_depth:
-        raise EventRejected(
-            f"JSON nested deeper than {limits.max_json_depth} levels", "too_deep"
-        )
+        raise EventRejected(f"JSON nested deeper than {limits.max_json_depth} levels", "too_deep")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -232,7 +230,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in out:
             # json.loads would keep the last silently: two readers could see two different events.
-            raise EventRejected(f"field {key[:60]!r} appears twice in one object", "duplicate_field")
+            raise EventRejected(
+                f"field {key[:60]!r} appears twice in one object", "duplicate_field"
+            )
         out[key] = value
     return out
 

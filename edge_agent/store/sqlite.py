@@ -154,6 +154,7 @@ _OUTBOX_COLUMNS = (
 _PRUNE_CHUNK_ROWS = 20_000
 # agent_state keys of final orders to recompute (see Store.recheck_order_ids).
 _RECHECK = "split_recheck/"
+_CHANGED = "order_changed/"
 
 
 def _sample(row: Any) -> Sample:
@@ -366,8 +367,21 @@ class Store:
                     (order_id,),
                 )
             inserted = await self._insert_events(batch.events)
+            await self._mark_final_orders_changed(set(batch.released_orders))
             await self._count_rejected(batch.rejected)
         return inserted
+
+    async def _mark_final_orders_changed(self, order_ids: set[str]) -> None:
+        """Final orders with a new event: to recompute, after a restart too (the engine clears
+        the mark when it has)."""
+        if not order_ids:
+            return
+        await self._db.execute(
+            "INSERT INTO agent_state (key, value) SELECT ? || order_id, '' FROM orders "
+            f"WHERE status = 'final' AND order_id IN ({', '.join('?' * len(order_ids))}) "
+            "ON CONFLICT (key) DO NOTHING",
+            [_CHANGED, *sorted(order_ids)],
+        )
 
     async def _insert_events(self, events: Sequence[StoredEvent]) -> list[bool]:
         """Insert in two statements (events, then the orders they open), not one per row.
@@ -398,7 +412,9 @@ class Store:
         opening = {
             (e.order_id, e.lot_id, e.equipment_id): None
             for e in new
-            if e.held_until_ns is None and e.order_id and e.equipment_id
+            if e.held_until_ns is None
+            and e.order_id
+            and e.equipment_id
             and e.type != "lot_complete"
         }
         await self._db.executemany(
@@ -406,6 +422,7 @@ class Store:
             "VALUES (?, ?, ?, 'open') ON CONFLICT (order_id) DO NOTHING",
             list(opening),
         )
+        await self._mark_final_orders_changed({order_id for order_id, _, _ in opening})
         return inserted
 
     async def held_events(self, order_id: str) -> list[StoredEvent]:
@@ -446,7 +463,9 @@ class Store:
         return [_event(row) for row in await self._all(query, (order_id,))]
 
     async def event_by_id(self, event_id: str) -> StoredEvent | None:
-        row = await self._one(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,))
+        row = await self._one(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+        )
         return _event(row) if row else None
 
     async def events_for_lot(self, lot_id: str) -> list[StoredEvent]:
@@ -604,6 +623,7 @@ class Store:
             await self._db.execute(
                 "UPDATE orders SET status = 'open' WHERE order_id = ?", (order_id,)
             )
+            await self._db.execute("DELETE FROM agent_state WHERE key = ?", (_CHANGED + order_id,))
 
     async def order_status(self, order_id: str) -> Status | None:
         query = "SELECT status, revision, record_id, finalised_ns FROM orders WHERE order_id = ?"
@@ -688,7 +708,10 @@ class Store:
             await self._mark_recheck(order_id, recheck)
 
     async def _mark_recheck(self, order_id: str, recheck: Sequence[str]) -> None:
-        await self._db.execute("DELETE FROM agent_state WHERE key = ?", (_RECHECK + order_id,))
+        await self._db.execute(
+            "DELETE FROM agent_state WHERE key IN (?, ?)",
+            (_RECHECK + order_id, _CHANGED + order_id),
+        )
         await self._db.executemany(
             "INSERT INTO agent_state (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING",
             [(_RECHECK + other,) for other in recheck if other != order_id],
@@ -715,15 +738,21 @@ class Store:
         return [row[0] for row in await self._all(query, (equipment_id, from_ns, to_ns))]
 
     async def final_orders_changed_since_final(self) -> list[str]:
-        """Final orders with an event (in force, not held) received after they were finalised:
-        a correction committed just before a crash, still to be recomputed (at the same instant
-        too: a coarse clock may give both one timestamp, and a needless recheck changes nothing)."""
+        """Final orders with an event (in force, not held) committed after they were finalised:
+        a correction committed just before a crash, still to be recomputed.
+
+        Marked in ``agent_state`` (keys ``order_changed/<order_id>``) by the transaction that
+        stores the event, so a tie of timestamps cannot hide one; stores written by earlier
+        versions are read by receive time.
+        """
         query = (
+            "SELECT substr(key, ?) FROM agent_state WHERE substr(key, 1, ?) = ? UNION "
             "SELECT o.order_id FROM orders o WHERE o.status = 'final' AND EXISTS ("
             "SELECT 1 FROM events e WHERE e.order_id = o.order_id AND e.held_until_ns IS NULL "
-            "AND e.received_ns >= o.finalised_ns) ORDER BY o.order_id"
+            "AND e.received_ns > o.finalised_ns) ORDER BY 1"
         )
-        return [row[0] for row in await self._all(query)]
+        params = (len(_CHANGED) + 1, len(_CHANGED), _CHANGED)
+        return [row[0] for row in await self._all(query, params)]
 
     async def lot_orders(self, lot_id: str) -> list[tuple[str, Status]]:
         """The lot's orders with their status, in one query."""
@@ -779,7 +808,9 @@ class Store:
         for chunk_start in range(0, len(event_ids), 500):  # SQLite's bound-parameter limit
             chunk = event_ids[chunk_start : chunk_start + 500]
             marks = ", ".join("?" * len(chunk))
-            rows = await self._all(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)
+            rows = await self._all(
+                f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+            )
             found.update(row[0] for row in rows)
         return found
 

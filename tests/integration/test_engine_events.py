@@ -210,7 +210,9 @@ def order_histories(draw: st.DrawFn) -> list[StoredEvent]:
     return events
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(history=order_histories(), window=st.tuples(st.integers(0, 130), st.integers(1, 60)))
 async def test_the_overlap_prefilter_never_misses_an_overlapping_order(
     tmp_path: Path, history: list[StoredEvent], window: tuple[int, int]
@@ -222,7 +224,7 @@ async def test_the_overlap_prefilter_never_misses_an_overlapping_order(
         await store.commit_intake(IntakeCommit(events=history, rejected={}))
         start_s, length_s = window
         a, b = start_s * NS_PER_S, (start_s + length_s) * NS_PER_S
-        candidates = set(await store.order_ids_possibly_overlapping("laser", -10**12, a, b))
+        candidates = set(await store.order_ids_possibly_overlapping("laser", -(10**12), a, b))
         for order in {e.order_id for e in history}:
             assert order is not None
             stored = await store.events_for_order(order)

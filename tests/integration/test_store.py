@@ -419,7 +419,9 @@ async def test_an_intake_batch_commits_events_and_rejection_counts_together(
 ) -> None:
     clock = FakeClock(start_ns=1000 * S)
     async with await open_store(tmp_path / "i.db", clock=clock) as store:
-        held_stop = dataclasses.replace(event("s1", "stop", t=20, order_id="o9"), held_until_ns=600 * S)
+        held_stop = dataclasses.replace(
+            event("s1", "stop", t=20, order_id="o9"), held_until_ns=600 * S
+        )
         inserted = await store.commit_intake(
             IntakeCommit(
                 events=[event("e1"), held_stop, event("e1")],
@@ -446,7 +448,9 @@ async def test_an_intake_batch_commits_events_and_rejection_counts_together(
         assert await store.held_count() == 0
 
         # a held event whose time ran out is removed and counted
-        late = dataclasses.replace(event("p7", "pause", t=30, order_id="o7"), held_until_ns=1500 * S)
+        late = dataclasses.replace(
+            event("p7", "pause", t=30, order_id="o7"), held_until_ns=1500 * S
+        )
         await store.commit_intake(IntakeCommit(events=[late], rejected={}))
         assert await store.expire_held(1499 * S, "without_start") == []
         [expired] = await store.expire_held(1500 * S, "without_start")

@@ -91,3 +91,25 @@ async def test_lot_orders_and_stale_summaries(tmp_path: Path) -> None:
         assert await store.stale_lot_ids() == ["lot-1"]  # o2 final after the summary
         await store.finalise_lot("lot-1", record(None, revision=2, created_s=130))
         assert await store.stale_lot_ids() == []
+
+
+async def test_an_event_committed_in_the_tick_of_the_record_is_a_change(tmp_path: Path) -> None:
+    """Receive time cannot order an event and a record of the same clock tick: the transaction
+    that stores the event marks the final order, and its next record (or reopening) clears it."""
+    path = tmp_path / "t.db"
+    async with await opened(path, "o1", "o2", "o3") as store:
+        for order_id in ("o1", "o2", "o3"):
+            await store.finalise_order(order_id, record(order_id, created_s=100))
+        for order_id in ("o1", "o2", "o3"):
+            await store.insert_event(
+                StoredEvent(
+                    f"{order_id}-c", "cancel", 5 * S, order_id, "lot-1", "laser", "{}", 100 * S
+                )
+            )
+        await store.insert_event(start("o4", 100))  # a new order: open, not a change
+    async with await open_store(path) as store:  # durable
+        assert await store.final_orders_changed_since_final() == ["o1", "o2", "o3"]
+        await store.finalise_order("o1", record("o1", revision=2, created_s=100))
+        await store.confirm_order("o2", "rec-o2", 1, 100 * S)
+        await store.reopen_order("o3")
+        assert await store.final_orders_changed_since_final() == []

@@ -42,7 +42,10 @@ def test_valid_start_is_parsed_to_utc_nanoseconds() -> None:
         (raw(ts=12), "12 is not an RFC 3339 timestamp"),
         (raw(ts="1769846400"), "'1769846400' is not an RFC 3339 timestamp"),
         (raw(type="stop", quantity_good="5", quantity_scrap=0), "quantity_good: '5' is not valid"),
-        (raw(type="stop", quantity_good=True, quantity_scrap=0), "quantity_good: True is not valid"),
+        (
+            raw(type="stop", quantity_good=True, quantity_scrap=0),
+            "quantity_good: True is not valid",
+        ),
         (raw(event_id=...), "event_id: required field is missing"),
         (
             raw(equipment_id="oven"),
@@ -106,8 +109,11 @@ def rejected(payload: bytes, **kwargs: object) -> EventRejected:
         (raw(product_id="P" * 1_000_000), "payload_too_large", "at most 65536"),
         (raw(**{f"x{i}": i for i in range(33)}), "too_many_fields", "33 unknown fields"),
         (b'{"event_id": "a", "event_id": "b"}', "duplicate_field", "'event_id' appears twice"),
-        (raw(type="stop", quantity_good=1, quantity_scrap=0, supersedes="e-1"), "invalid_field",
-         "names the event itself"),
+        (
+            raw(type="stop", quantity_good=1, quantity_scrap=0, supersedes="e-1"),
+            "invalid_field",
+            "names the event itself",
+        ),
         (b"\xff\xfe", "bad_json", "not valid JSON"),
     ],
 )

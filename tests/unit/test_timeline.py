@@ -123,7 +123,9 @@ def test_cancel_voids_the_order() -> None:
     assert timeline.is_stopped
     assert timeline.quantity_good is None
     # a cancel of a running order closes it too
-    running = replay_order([Ev("s", "start", 10 * S), Ev("c", "cancel", 15 * S)], open_end_ns=99 * S)
+    running = replay_order(
+        [Ev("s", "start", 10 * S), Ev("c", "cancel", 15 * S)], open_end_ns=99 * S
+    )
     assert running is not None
     assert running.is_stopped
     assert running.occupied == ()
