@@ -654,16 +654,14 @@ class OrderEngine:
         await self._store.finalise_order(order_id, outbox, recheck=recheck)
         self.records_enqueued += 1
         self._on_record()
+        how = ", cancelled" if timeline.cancelled else ""
+        how = how or (", auto-closed" if timeline.auto_closed else "")
         log.info(
             "order %s on %s final (rev %d%s): %.4f kWh, %.4f kg CO2e%s",
             order_id,
             equipment.id,
             revision,
-            ", cancelled"
-            if timeline.cancelled
-            else ", auto-closed"
-            if timeline.auto_closed
-            else "",
+            how,
             record.energy_kwh,
             record.co2e_kg,
             f"; rechecking {len(recheck)} overlapping orders" if recheck else "",

@@ -49,10 +49,9 @@ ESTIMATE_FLAGS = {"boundary_estimated", "gap", "extrapolated"}
 RECORDS_TIMEOUT_S = 120.0
 # The agent's clock is the host's (read at start, carried by the monotonic clock): a few ms.
 SAME_CLOCK_NS = 50_000_000
-# A heartbeat is due every second; on a loaded machine one can come late.
-HEARTBEAT_LAG_NS = (
-    5 * NS_PER_S
-)  # generous: 5 agents share 2 cores; only a failing run waits this long
+# A heartbeat is due every second; on a loaded machine one can come late (generous: 5 agents
+# share 2 cores; only a failing run waits this long).
+HEARTBEAT_LAG_NS = 5 * NS_PER_S
 
 
 @dataclass(frozen=True, slots=True)
