@@ -68,7 +68,14 @@ def shape_counter(curve: Cumulative) -> Cumulative:
     if not any(shaped):
         return curve
     for k in range(1, len(values)):  # clamps may meet raw neighbours: keep C monotonic
-        values[k] = max(values[k], values[k - 1])
+        lift = values[k - 1] - values[k]
+        if lift > 0:  # true − C moves down by as much: the bound stays true
+            values[k] = values[k - 1]
+            errors[k] = dataclasses.replace(
+                errors[k],
+                centre=errors[k].centre - lift,
+                resolution_centre=errors[k].resolution_centre - lift,
+            )
     return dataclasses.replace(
         curve, values=tuple(values), shaped=tuple(shaped), knot_errors=tuple(errors)
     )
@@ -175,13 +182,18 @@ def _integrate_between_ticks(
     step = curve.resolution
     if power[-1] > 2 * step:
         return False  # this much power would have moved the register: they disagree
-    base = curve.values[first]
+    # The register stood somewhere in [reading, reading + step): start no lower than the curve
+    # before the run (shaped up to a gap, it may already be above the bare reading), so that
+    # keeping the curve monotonic does not flatten the run's own increments.
+    raw = curve.values[first]
+    base = min(max(raw, values[first - 1] if first > 0 else raw), raw + step)
     half = step / 2
+    centre = raw + half - base
     for k in range(first, end + 1):
         spent = power[k - first]
         values[k] = base + min(spent, step)
         width = min(swing[k - first] + MIN_DRIFT * spent, step)
-        errors[k] = PointError(half, width, width, half, shared=((2 * first + 1, 1.0, half),))
+        errors[k] = PointError(centre, width, width, centre, shared=((2 * first + 1, 1.0, half),))
     return True
 
 

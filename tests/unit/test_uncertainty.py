@@ -15,6 +15,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -220,3 +221,22 @@ def test_a_boundary_in_a_short_gap_is_estimated_and_flagged() -> None:
     share = allocate(series, [OrderSpan("o", (window,), 1.0)], window).orders["o"]
     assert "boundary_estimated" not in {f.code for f in share.flags}
     assert share.uncertainty < 0.003
+
+
+def test_a_stretch_without_a_tick_after_a_gap_keeps_its_increments() -> None:
+    """Found by the property test: 12 kW until the register ticks (shaped: the curve ends a
+    little above the reading), a 7.5 s gap, then 0.22 kW that never ticks. The stretch after
+    the gap starts from the bare reading, below the shaped curve; keeping the curve monotonic
+    used to flatten it: an order in it got 0 kWh and a bound of a few Wh."""
+    load = Load((0, 3_600_000_000, 39_600_000_000, 90 * S), (0.0, 12.0, 0.22))
+    times = [*range(0, 36 * S, 2 * S), *range(43 * S, 90 * S, 2 * S)]
+    series = MeterSeries(
+        "m", "energy", "counter", tuple(read(load, times, 0.1, 0.0, with_power=True)),
+        "kWh", MAX_KW, 4.0, resolution=0.1, boundary_gap_s=1.5,
+    )  # fmt: skip
+    window = Interval(45 * S, 65 * S)
+    truth = load.energy(window.end_ns) - load.energy(window.start_ns)
+    result = allocate(series, [OrderSpan("o", (window,), None)], window)
+    share = result.orders["o"]
+    assert share.energy == pytest.approx(truth, rel=0.02)
+    assert abs(share.energy - truth) <= share.uncertainty
