@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Awaitable, Sequence
 
 from edge_agent.balances import BalanceKeeper
 from edge_agent.batching import SampleBatcher
@@ -21,6 +22,7 @@ from edge_agent.clockwatch import ClockWatch
 from edge_agent.config import AgentConfig
 from edge_agent.domain import NS_PER_S, Sample
 from edge_agent.engine import OrderEngine
+from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.mes.intake import MesIntake
 from edge_agent.publish.drainer import OutboxPublisher
 from edge_agent.runmarks import RunMarks
@@ -31,6 +33,8 @@ from edge_agent.tasks import stop_task
 log = logging.getLogger(__name__)
 
 _HOUSEKEEPING_INTERVAL_S = 60.0
+EXIT_STARTUP = 2  # a start-up problem: one line each, no traceback
+EXIT_TASK_FAILED = 1  # a background task died: the service manager restarts the agent
 _STALE_CHECK_S = 5
 
 
@@ -55,10 +59,20 @@ class Agent:
         self.intake: MesIntake | None = None
         self.clock_watch: ClockWatch | None = None
         self.run_marks: RunMarks | None = None
+        self.failed_task: str | None = None  # a background task died: exit non-zero
 
     async def __aenter__(self) -> Agent:
-        await self.start()
+        await self.start_or_cleanup()
         return self
+
+    async def start_or_cleanup(self) -> None:
+        try:
+            await self.start()
+        except BaseException:
+            # Half started (the broker link's thread, the heartbeat): stop what did start, or
+            # the process stays alive doing nothing and the service manager never restarts it.
+            await self.stop()
+            raise
 
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
@@ -133,6 +147,7 @@ class Agent:
         if error is not None:
             # A background task must never die silently: stop the agent so systemd restarts it.
             log.error("task %s failed: %r; stopping", task.get_name(), error, exc_info=error)
+            self.failed_task = task.get_name()
             self._stopped.set()
 
     async def read_now(self, meter_ids: Sequence[str]) -> list[Sample]:
@@ -183,26 +198,34 @@ class Agent:
         self._stopped.set()
 
     async def stop(self) -> None:
+        """Stop whatever started, in order; also after a start that failed half-way (each step
+        is tried, a failing one logged, so the store is always closed)."""
         if self.intake is not None:
-            await self.intake.stop()
+            await self._stop_step("MES intake", self.intake.stop())
         await asyncio.gather(*(stop_task(task) for task in self._tasks))
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.close()
         if self.batcher is not None:
-            await self.batcher.flush()
+            await self._stop_step("sample writer", self.batcher.flush())
         if self.engine is not None:
-            await self.engine.finalise_ready()
-        if self.publisher is not None:
-            await self.publisher.stop()
+            await self._stop_step("finaliser", self.engine.finalise_ready())
+        if self.publisher is not None and self.publisher.started:
+            await self._stop_step("publisher", self.publisher.stop())
         if self.clock_watch is not None:
-            with contextlib.suppress(Exception):
-                await self.clock_watch.save()
+            await self._stop_step("clock journal", self.clock_watch.save())
         if self.run_marks is not None:
-            await self.run_marks.stop()
+            await self._stop_step("run marks", self.run_marks.stop())
         if self.store is not None:
-            await self.store.close()
+            await self._stop_step("store", self.store.close())
         log.info("edge-agent stopped")
+
+    @staticmethod
+    async def _stop_step(what: str, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except Exception as exc:  # the next steps must still run
+            log.warning("stopping: %s failed: %r", what, exc)
 
 
 async def run_agent(config: AgentConfig) -> int:
@@ -211,6 +234,19 @@ async def run_agent(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.request_stop)
-    async with agent:
+    try:
+        await agent.start_or_cleanup()
+    except (EdgeAgentError, OSError) as exc:
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        print(f"edge-agent could not start: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_STARTUP
+    try:
         await agent.wait()
+    finally:
+        await agent.stop()
+    if agent.failed_task is not None:
+        log.error("exiting with status %d: task %s failed", EXIT_TASK_FAILED, agent.failed_task)
+        return EXIT_TASK_FAILED
     return 0

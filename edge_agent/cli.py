@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.config.preflight import preflight
 from edge_agent.domain import Quality, Sample, iso_from_ns
 from edge_agent.errors import ConfigError
 
@@ -35,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
         config = load_config(Path(args.config))
+        if args.command in ("check", "run"):
+            problems = preflight(config)
+            if problems:
+                raise ConfigError(problems)
     except ConfigError as exc:
         print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

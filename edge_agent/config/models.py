@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -345,6 +346,17 @@ class EquipmentConfig(StrictModel):
         return value
 
 
+# The levels each topic template may use (a balance or status message covers the whole site).
+TOPIC_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "mes_topic": ("prefix", "site"),
+    "order_topic": ("prefix", "site", "line", "equipment", "lot_id"),
+    "lot_topic": ("prefix", "site", "lot_id"),
+    "balance_topic": ("prefix", "site"),
+    "status_topic": ("prefix", "site"),
+    "dead_letter_topic": ("prefix", "site"),
+}
+
+
 class TlsConfig(StrictModel):
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -369,16 +381,39 @@ class MqttConfig(SecretRef):
     status_topic: str = "{prefix}/{site}/edge-agent/status"
     dead_letter_topic: str | None = "{prefix}/{site}/mes/dead-letter"
 
-    @field_validator("balance_topic")
+    @field_validator(*TOPIC_PLACEHOLDERS)
     @classmethod
-    def _site_wide_levels(cls, value: str) -> str:
-        # A balance record covers the whole site: no line, equipment or lot to fill in.
-        used = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        if not used <= {"prefix", "site"}:
+    def _known_placeholders(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked here, not when the first record is published: an unknown {level} used to
+        # leave an agent that said "online" and published nothing.
+        if value is None:
+            return value
+        allowed = TOPIC_PLACEHOLDERS[info.field_name or ""]
+        named = ", ".join(f"{{{name}}}" for name in allowed)
+        try:
+            fields = list(string.Formatter().parse(value))
+        except ValueError as exc:
             raise invalid(
-                "{value!r} uses {unknown}: a balance topic may only use {{prefix}} and {{site}}",
+                "{value!r} is not a topic template ({error}; write a literal brace as {{{{ or "
+                "}}}}); placeholders: {named}",
                 value=value,
-                unknown=", ".join(f"{{{name}}}" for name in sorted(used - {"prefix", "site"})),
+                error=exc,
+                named=named,
+            ) from None
+        used = {name for _, name, _, _ in fields if name is not None}
+        unknown = sorted(used - set(allowed))
+        if unknown:
+            raise invalid(
+                "{value!r} uses {unknown}: this topic may only use {named}",
+                value=value,
+                unknown=", ".join(f"{{{name}}}" for name in unknown),
+                named=named,
+            )
+        if any(spec or conv for _, name, spec, conv in fields if name is not None):
+            raise invalid(
+                "{value!r}: a placeholder takes no '!' conversion or ':' format ({named})",
+                value=value,
+                named=named,
             )
         return value
 

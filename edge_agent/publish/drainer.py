@@ -50,6 +50,7 @@ class OutboxPublisher:
     def __init__(self, config: AgentConfig, outbox: Outbox, clock: Clock | None = None) -> None:
         self._config = config
         self._outbox = outbox
+        self.started = False
         self._clock = clock or SystemClock()
         self._wake = asyncio.Event()
         self._status_topic = status_topic(config)
@@ -97,6 +98,7 @@ class OutboxPublisher:
         return status_payload(self._config, "online", self.problems)
 
     async def start(self) -> None:
+        self.started = True  # from here on, stop() has a link to close (even if start fails)
         await self.link.start()
         self._task = asyncio.create_task(self._run(), name="outbox-publisher")
 

@@ -27,13 +27,6 @@ def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_check_example_config_prints_a_summary() -> None:
-    result = edge_agent("check", "-c", "config/example.yaml")
-    assert result.returncode == 0, result.stderr
-    assert "configuration OK: site plant-osaka" in result.stdout
-    assert "4 (1 modbus_rtu, 2 modbus_tcp, 1 opcua)" in result.stdout
-
-
 def test_check_reports_every_problem_and_exits_2(tmp_path: Path) -> None:
     data = load_yaml_text((REPO / "config/example.yaml").read_text())
     data["meters"][0]["port"] = 70000
