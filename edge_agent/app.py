@@ -14,12 +14,14 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Sequence
+from pathlib import Path
 
 from edge_agent.balances import BalanceKeeper
 from edge_agent.batching import SampleBatcher
 from edge_agent.clock import Clock, SteadyClock
 from edge_agent.clockwatch import ClockWatch
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.config.preflight import preflight
 from edge_agent.domain import NS_PER_S, Sample
 from edge_agent.engine import OrderEngine
 from edge_agent.errors import ConfigError, EdgeAgentError
@@ -228,25 +230,76 @@ class Agent:
             log.warning("stopping: %s failed: %r", what, exc)
 
 
-async def run_agent(config: AgentConfig) -> int:
-    """`edge-agent run`: until SIGTERM or SIGINT."""
-    agent = Agent(config)
+async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int:
+    """`edge-agent run`: until SIGTERM or SIGINT. SIGHUP reloads ``config_path``: a new
+    configuration that fails its checks is rejected with its problems and the running one
+    stays; a good one replaces it (the agent restarts in-process: a gap of well under a second,
+    recorded as down-time like any restart)."""
     loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    reloaded: list[AgentConfig] = []
+    agent = Agent(config)
+
+    def request_stop() -> None:
+        stopping.set()
+        agent.request_stop()
+
+    def request_reload() -> None:
+        new = _reload(config_path)
+        if new is not None:
+            reloaded[:] = [new]
+            agent.request_stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.request_stop)
+        loop.add_signal_handler(sig, request_stop)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
+    previous: AgentConfig | None = None
+    while True:
+        try:
+            await agent.start_or_cleanup()
+        except (EdgeAgentError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            if previous is None:
+                print(f"edge-agent could not start: {len(problems)} problem(s)", file=sys.stderr)
+                for problem in problems:
+                    print(f"  {problem}", file=sys.stderr)
+                return EXIT_STARTUP
+            log.error(
+                "the reloaded configuration did not start: %s; back to the previous one",
+                "; ".join(problems),
+            )
+            agent, previous = Agent(previous), None
+            continue
+        try:
+            await agent.wait()
+        finally:
+            await agent.stop()
+        if agent.failed_task is not None:
+            log.error("exiting with status %d: task %s failed", EXIT_TASK_FAILED, agent.failed_task)
+            return EXIT_TASK_FAILED
+        if stopping.is_set() or not reloaded:
+            return 0
+        previous, agent = agent.config, Agent(reloaded.pop())
+        log.info("configuration reloaded from %s", config_path)
+
+
+def _reload(config_path: Path | None) -> AgentConfig | None:
+    """The configuration file read again and checked; None (logged) when it cannot be used."""
+    if config_path is None:
+        log.warning("SIGHUP: no configuration file to reload")
+        return None
     try:
-        await agent.start_or_cleanup()
-    except (EdgeAgentError, OSError) as exc:
-        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
-        print(f"edge-agent could not start: {len(problems)} problem(s)", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_STARTUP
-    try:
-        await agent.wait()
-    finally:
-        await agent.stop()
-    if agent.failed_task is not None:
-        log.error("exiting with status %d: task %s failed", EXIT_TASK_FAILED, agent.failed_task)
-        return EXIT_TASK_FAILED
-    return 0
+        new = load_config(config_path)
+        problems = preflight(new)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        log.error(
+            "configuration reload rejected, the running configuration stays: %s: %d problem(s)",
+            config_path,
+            len(exc.problems),
+        )
+        for problem in exc.problems:
+            log.error("  %s", problem)
+        return None
+    return new

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_lots(config, args.limit, args.json))
     from edge_agent.app import run_agent  # noqa: PLC0415 (keeps `check` light)
 
-    return asyncio.run(run_agent(config))
+    return asyncio.run(run_agent(config, Path(args.config)))
 
 
 def _parser() -> argparse.ArgumentParser:
