@@ -1,4 +1,4 @@
-"""Reusable register maps of real meters (``config/profiles/<name>.yaml``).
+"""Reusable register maps of real meters (``edge_agent/profiles/<name>.yaml``, shipped in the wheel).
 
 A profile file holds ``maker``, ``model``, ``document`` (the maker's Modbus map it was taken
 from), optional ``defaults`` applied to every point, and ``points``. A meter that says
@@ -15,7 +15,7 @@ from typing import Any
 from edge_agent.config.models import invalid
 from edge_agent.config.yaml_loading import load_yaml_file
 
-PACKAGED_PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+PACKAGED_PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 PROFILE_KEYS = {"profile", "maker", "model", "document", "defaults", "points", "notes"}
 
 

@@ -233,7 +233,7 @@ def test_shipped_example_configs_validate(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "profile", sorted(p.stem for p in (REPO / "config" / "profiles").glob("*.yaml"))
+    "profile", sorted(p.stem for p in (REPO / "edge_agent" / "profiles").glob("*.yaml"))
 )
 def test_every_shipped_profile_validates_and_has_an_energy_counter(
     profile: str, tmp_path: Path

@@ -14,7 +14,7 @@ from edge_agent.domain import PointRole
 from edge_agent.sources.modbus.decode import decode_registers
 from edge_agent.sources.modbus.plan import plan_reads
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "edge_agent" / "profiles"
 PROFILES = sorted(path.stem for path in PROFILE_DIR.glob("*.yaml"))
 
 
