@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ from edge_agent.config.models import (
 )
 from edge_agent.domain import PointRole, Sample
 from edge_agent.mes.timeline import OrderTimeline
+from edge_agent.plausibility import check_sample, power_limits
 
 # Readings further apart than this many poll intervals are a communication gap.
 GAP_INTERVALS = 3.0
@@ -230,6 +231,8 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
     extra += [Flag("order_event_corrected", note) for note in timeline.corrections]
     extra += inputs.clock_flags
+    readings = (*inputs.readings.values(), *inputs.shaping_power.values())
+    extra += implausible_flags(config, itertools.chain(*readings), window)
     if timeline.cancelled:
         extra.append(
             Flag(CANCELLED, "the MES cancelled this order: it is no step of its lot, its time "
@@ -268,6 +271,22 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     return build_order_record(
         facts, allocations, factors(config), equipment.carrier, revision=revision, extra_flags=extra
     )
+
+
+def implausible_flags(
+    config: AgentConfig, samples: Iterable[Sample], window: Interval
+) -> list[Flag]:
+    """``implausible_value`` per meter point and rule, at its first reading in the window that
+    breaks a one-reading rule of edge_agent.plausibility (power above max, negative counter)."""
+    limit = power_limits(config)
+    flags: dict[tuple[str, str, str], Flag] = {}
+    for sample in samples:
+        if window.start_ns <= sample.ts_ns <= window.end_ns and (
+            found := check_sample(sample, limit.get(sample.meter_id))
+        ):
+            key = (found.meter_id, found.point, found.code)
+            flags.setdefault(key, Flag("implausible_value", found.describe(), sample.ts_ns))
+    return list(flags.values())
 
 
 def is_cancelled(record: Mapping[str, Any]) -> bool:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -34,6 +34,7 @@ from edge_agent.clock import Clock
 from edge_agent.config.models import AgentConfig, ModbusPoint, ModbusRtuMeter, ModbusTcpMeter
 from edge_agent.domain import PointRole, Quality, Sample
 from edge_agent.errors import DecodeError
+from edge_agent.plausibility import PowerLimit, check_sample, power_limits
 from edge_agent.sources.base import SampleSink
 from edge_agent.sources.modbus.decode import decode_bits, decode_registers
 from edge_agent.sources.modbus.plan import ReadBlock, extract, plan_reads
@@ -44,6 +45,7 @@ __all__ = [
     "ConnectionStats",
     "ModbusConnection",
     "ModbusMeter",
+    "RawPointRead",
     "build_modbus_sources",
     "connection_key",
 ]
@@ -97,6 +99,17 @@ class ConnectionStats:
     last_latency_s: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class RawPointRead:
+    """One point as ``read_now_raw`` saw it: the sample and the register words (in address
+    order, as read) it was decoded from; ``words`` is None when the read failed, and holds 0/1
+    for coils and discrete inputs."""
+
+    sample: Sample
+    point: ModbusPoint
+    words: tuple[int, ...] | None
+
+
 @dataclass(slots=True)
 class _MeterState:
     meter: ModbusMeter
@@ -107,12 +120,19 @@ class _MeterState:
     available: bool = True
     skipped: int = 0
     partial_warned: bool = False
+    implausible: bool = False  # logged once when values turn implausible, once on recovery
 
 
 class ModbusConnection:
     """Implements :class:`edge_agent.sources.base.Source` for one Modbus connection."""
 
-    def __init__(self, key: str, meters: Sequence[ModbusMeter], clock: Clock) -> None:
+    def __init__(
+        self,
+        key: str,
+        meters: Sequence[ModbusMeter],
+        clock: Clock,
+        power_limits: Mapping[str, PowerLimit] | None = None,
+    ) -> None:
         if not meters:
             raise ValueError("a connection needs at least one meter")
         self._key = key
@@ -131,6 +151,8 @@ class ModbusConnection:
         self._connect_timeout_s = max(meter.timeout_s for meter in meters)
         self._rx_during_request = False
         self._counters = ConnectionStats()
+        # meter id -> the power its equipment can draw (edge_agent.plausibility)
+        self._power_limits = dict(power_limits or {})
 
     @property
     def key(self) -> str:
@@ -170,6 +192,20 @@ class ModbusConnection:
         # Read-on-event measures an order boundary: try to connect even inside the backoff.
         return await self._read_meters(states, force_connect=True)
 
+    async def read_now_raw(self, meter_ids: Sequence[str]) -> list[RawPointRead]:
+        """As :meth:`read_now`, with each point's register words (``check --probe``)."""
+        states = [self._meters[m] for m in meter_ids if m in self._meters]
+        words: dict[tuple[str, str], tuple[int, ...]] = {}
+        samples = await self._read_meters(states, force_connect=True, words_out=words)
+        return [
+            RawPointRead(
+                s,
+                self._meters[s.meter_id].meter.points[s.point],
+                words.get((s.meter_id, s.point)),
+            )
+            for s in samples
+        ]
+
     async def close(self) -> None:
         async with self._lock:
             self._drop_client()
@@ -191,15 +227,27 @@ class ModbusConnection:
     # -- reading ----------------------------------------------------------------------------
 
     async def _read_meters(
-        self, states: Sequence[_MeterState], *, force_connect: bool
+        self,
+        states: Sequence[_MeterState],
+        *,
+        force_connect: bool,
+        words_out: dict[tuple[str, str], tuple[int, ...]] | None = None,
     ) -> list[Sample]:
         samples: list[Sample] = []
         async with self._lock:
             for state in states:
-                samples += await self._read_meter(state, force_connect=force_connect)
+                samples += await self._read_meter(
+                    state, force_connect=force_connect, words_out=words_out
+                )
         return samples
 
-    async def _read_meter(self, state: _MeterState, *, force_connect: bool) -> list[Sample]:
+    async def _read_meter(
+        self,
+        state: _MeterState,
+        *,
+        force_connect: bool,
+        words_out: dict[tuple[str, str], tuple[int, ...]] | None = None,
+    ) -> list[Sample]:
         meter = state.meter
         started = self._clock.monotonic_s()
         self._counters.polls += 1
@@ -231,8 +279,11 @@ class ModbusConnection:
             ts_ns = self._clock.now_ns()  # when the response arrived
             for name, words in extract(block, values).items():
                 samples.append(_decode(meter, name, meter.points[name], words, ts_ns, block))
+                if words_out is not None:
+                    words_out[(meter.id, name)] = tuple(words)
         self._counters.last_latency_s = self._clock.monotonic_s() - started
         self._note_outcome(state, samples)
+        self._note_plausibility(state, samples)
         return samples
 
     async def _read_block(
@@ -347,6 +398,23 @@ class ModbusConnection:
         if bad is not None and not state.partial_warned:
             state.partial_warned = True
             log.warning("meter %s: point %s failed: %s", state.meter.id, bad.point, bad.detail)
+
+    def _note_plausibility(self, state: _MeterState, samples: Sequence[Sample]) -> None:
+        """WARNING once when a meter's values turn implausible (edge_agent.plausibility: power
+        above its equipment's max_power_kw, a negative or absurd counter), INFO once when a
+        read has none again; reads without any good sample decide nothing."""
+        limit = self._power_limits.get(state.meter.id)
+        findings = [f for s in samples if (f := check_sample(s, limit)) is not None]
+        if findings and not state.implausible:
+            state.implausible = True
+            log.warning(
+                "meter %s values are implausible (order records flag them): %s",
+                state.meter.id,
+                "; ".join(f.describe() for f in findings),
+            )
+        elif state.implausible and not findings and any(s.quality is Quality.GOOD for s in samples):
+            state.implausible = False
+            log.info("meter %s values are plausible again", state.meter.id)
 
     def _note_failure(self, state: _MeterState, detail: str) -> None:
         self._counters.failures += 1
@@ -500,4 +568,5 @@ def build_modbus_sources(config: AgentConfig, clock: Clock) -> list[ModbusConnec
     for meter in config.meters:
         if isinstance(meter, ModbusTcpMeter | ModbusRtuMeter) and meter.enabled:
             groups.setdefault(connection_key(meter), []).append(meter)
-    return [ModbusConnection(key, meters, clock) for key, meters in groups.items()]
+    limits = power_limits(config)
+    return [ModbusConnection(key, meters, clock, limits) for key, meters in groups.items()]

@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from edge_agent.config.models import REGISTER_COUNT, ModbusPoint
+from edge_agent.config.models import ORDER_SHORTHAND, REGISTER_COUNT, ModbusPoint
 from edge_agent.errors import DecodeError
 
-__all__ = ["decode_bits", "decode_registers", "encode_value"]
+__all__ = ["OrderDecoding", "decode_bits", "decode_every_order", "decode_registers", "encode_value"]
 
 _STRUCT = {
     "uint16": "H", "int16": "h", "uint32": "I", "int32": "i",
@@ -100,3 +101,28 @@ def decode_bits(bits: Sequence[bool], point: ModbusPoint) -> float:
     if len(bits) != 1:
         raise DecodeError(f"a {point.register_type} point reads 1 bit, got {len(bits)}")
     return (1.0 if bits[0] else 0.0) * point.scale + point.offset
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDecoding:
+    """The value the same register words give under one word/byte order (the probe)."""
+
+    order: str  # ABCD, CDAB, BADC or DCBA
+    value: float | None  # in the point's unit, scale and offset applied; None: error
+    error: str  # why there is no value (NaN/inf), else ""
+    configured: bool  # the point's own order
+
+
+def decode_every_order(registers: Sequence[int], point: ModbusPoint) -> tuple[OrderDecoding, ...]:
+    """``registers`` decoded under each of the four word/byte orders, with
+    :func:`decode_registers` (so the configured one is exactly what polling produces)."""
+    out = []
+    for name, (word_order, byte_order) in ORDER_SHORTHAND.items():
+        variant = point.model_copy(update={"word_order": word_order, "byte_order": byte_order})
+        try:
+            value: float | None = decode_registers(registers, variant)
+            error = ""
+        except DecodeError as exc:
+            value, error = None, str(exc)
+        out.append(OrderDecoding(name, value, error, name == point.order))
+    return tuple(out)
