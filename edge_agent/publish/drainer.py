@@ -14,6 +14,9 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import AgentConfig
 from edge_agent.publish.link import ConnectionLost, MqttLink
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 2.0
 _ACK_FLUSH_S = 0.05
+RECORD_CONTENT_TYPE = "application/json"
 
 
 class Outbox(Protocol):
@@ -44,6 +48,29 @@ def status_payload(
     if state == "online":
         body["problems"] = [{"code": c, "detail": d} for c, d in sorted((problems or {}).items())]
     return json.dumps(body).encode()
+
+
+def record_properties(row: OutboxRow) -> Properties:
+    """MQTT 5 properties of a record's PUBLISH, so a consumer can route or reject a message
+    without parsing it: content type ``application/json`` (UTF-8 payload) and the user
+    properties ``schema_version`` and ``kind`` — the payload's own fields (``kind`` falls back
+    to the outbox row's; ``schema_version`` is left out if the payload has none)."""
+    try:
+        payload = json.loads(row.payload)
+    except ValueError:
+        payload = None
+    fields = payload if isinstance(payload, dict) else {}
+    kind = fields.get("kind")
+    schema_version = fields.get("schema_version")
+    user: list[tuple[str, str]] = []
+    if isinstance(schema_version, str):
+        user.append(("schema_version", schema_version))
+    user.append(("kind", kind if isinstance(kind, str) else row.kind))
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ContentType = RECORD_CONTENT_TYPE
+    properties.PayloadFormatIndicator = 1  # UTF-8 text
+    properties.UserProperty = user
+    return properties
 
 
 class OutboxPublisher:
@@ -146,7 +173,9 @@ class OutboxPublisher:
 
     async def _publish_one(self, row: OutboxRow) -> None:
         try:
-            await self.link.publish(row.topic, row.payload.encode(), qos=1)
+            await self.link.publish(
+                row.topic, row.payload.encode(), qos=1, properties=record_properties(row)
+            )
         finally:
             self._inflight.release()
         self._acked.append(row.seq)

@@ -122,8 +122,19 @@ class MqttLink:
         await asyncio.to_thread(self._client.loop_stop)
         self._fail_pending("link stopped")
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish; returns when the broker acknowledged it (PUBACK for QoS 1)."""
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish; returns when the broker acknowledged it (PUBACK for QoS 1).
+
+        ``properties``: MQTT 5 PUBLISH properties (content type, user properties), if any.
+        """
         assert self._loop is not None
         if not self.connected.is_set():
             raise ConnectionLost(
@@ -134,7 +145,7 @@ class MqttLink:
         # holding them: calling publish() under our mutex would invert the lock order and
         # deadlock as soon as two messages are in flight. A PUBACK that beats the registration
         # below is parked in _early_acks instead.
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConnectionLost(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if qos == 0:

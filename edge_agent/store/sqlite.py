@@ -887,6 +887,38 @@ class Store:
         query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq DESC LIMIT ?"
         return [_outbox(row) for row in await self._all(query, (limit,))]
 
+    async def records_created_between(
+        self,
+        from_ns: int | None = None,
+        to_ns: int | None = None,
+        *,
+        kind: str | None = None,
+        latest_only: bool = True,
+    ) -> list[OutboxRow]:
+        """Records created in [``from_ns``, ``to_ns``) (None: unbounded), oldest first, sent or
+        not (for ``edge-agent export``). With ``latest_only``, of each ``record_id`` only the
+        highest revision created in that period."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for condition, value in (
+            ("created_ns >= ?", from_ns),
+            ("created_ns < ?", to_ns),
+            ("kind = ?", kind),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        if latest_only:
+            query = (
+                f"SELECT {_OUTBOX_COLUMNS} FROM (SELECT *, row_number() OVER "
+                f"(PARTITION BY record_id ORDER BY revision DESC) AS newest FROM outbox {where}) "
+                "WHERE newest = 1 ORDER BY created_ns, seq"
+            )
+        else:
+            query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox {where} ORDER BY created_ns, seq"
+        return [_outbox(row) for row in await self._all(query, params)]
+
     # -- energy balances -------------------------------------------------------------------
 
     async def balance_periods(self, from_ns: int, to_ns: int) -> list[BalancePeriod]:
