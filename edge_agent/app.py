@@ -26,9 +26,12 @@ from edge_agent.domain import NS_PER_S, Sample
 from edge_agent.engine import OrderEngine
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.mes.intake import MesIntake
+from edge_agent.observe.http import HealthServer
+from edge_agent.observe.monitor import AgentProbes, Monitor
 from edge_agent.publish.drainer import OutboxPublisher
 from edge_agent.runmarks import RunMarks
-from edge_agent.sources.base import Source, build_sources
+from edge_agent.service import ServiceNotifier
+from edge_agent.sources.base import SampleSink, Source, build_sources
 from edge_agent.store import Store, open_store
 from edge_agent.tasks import stop_task
 
@@ -43,8 +46,14 @@ _STALE_CHECK_S = 5
 class Agent:
     """The running agent. ``async with Agent(config) as agent: await agent.wait()``."""
 
-    def __init__(self, config: AgentConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        notifier: ServiceNotifier | None = None,
+    ) -> None:
         self.config = config
+        self._notifier = notifier
         # Steps of the system clock are detected, not followed (edge_agent.clock).
         self.clock = clock or SteadyClock.system(
             check_sync=config.clock.check_sync, step_threshold_s=config.clock.step_threshold_s
@@ -61,6 +70,8 @@ class Agent:
         self.intake: MesIntake | None = None
         self.clock_watch: ClockWatch | None = None
         self.run_marks: RunMarks | None = None
+        self.monitor: Monitor | None = None
+        self.health_server: HealthServer | None = None
         self.failed_task: str | None = None  # a background task died: exit non-zero
 
     async def __aenter__(self) -> Agent:
@@ -116,10 +127,14 @@ class Agent:
         self._spawn(self.engine.run_finaliser(), "finaliser")
         if self.balances is not None:
             self._spawn(self.balances.run(), "energy-balances")
+        self.monitor = self._build_monitor()
+        if config.health.enabled:  # before anything talks to the world: a taken port is fatal
+            self.health_server = HealthServer(self.monitor, config.health.host, config.health.port)
+            self.health_server.start()
         await self.publisher.start()
         self._spawn(self.batcher.run(), "sample-writer")
         for source in self.sources:
-            self._spawn(source.run(self.batcher.put), f"source {source.key}")
+            self._spawn(source.run(self._sink_for(source)), f"source {source.key}")
         self._spawn(self._housekeeping(), "housekeeping")
         self.intake = MesIntake(
             config,
@@ -129,6 +144,9 @@ class Agent:
             report_problem=self.publisher.report_problem,
         )
         await self.intake.start()
+        self._spawn(self.monitor.run(), "monitor")
+        if self._notifier is not None and self._notifier.watchdog_s is not None:
+            self._spawn(self._feed_watchdog(self._notifier.watchdog_s), "watchdog")
         log.info(
             "edge-agent running: site %s, %d meters on %d connections, %d equipment",
             config.site.id,
@@ -136,6 +154,56 @@ class Agent:
             len(self.sources),
             len(config.equipment),
         )
+
+    async def _feed_watchdog(self, timeout_s: float) -> None:
+        """Ping systemd's watchdog while the event loop runs and every task of the agent is
+        alive — not tied to the broker or the meters: a restart cannot bring those back and
+        would only add a gap."""
+        assert self._notifier is not None
+        me = asyncio.current_task()
+        while True:
+            if all(not task.done() for task in self._tasks if task is not me):
+                self._notifier.watchdog()
+            await asyncio.sleep(timeout_s / 3)
+
+    def _build_monitor(self) -> Monitor:
+        store, batcher, publisher = self.store, self.batcher, self.publisher
+        assert store is not None
+        assert batcher is not None
+        assert publisher is not None
+
+        def counters() -> dict[str, float]:
+            intake = self.intake
+            return {
+                "samples_stored": batcher.written,
+                "records_published": publisher.published,
+                "records_enqueued": self.engine.records_enqueued if self.engine else 0,
+                "mes_accepted": intake.accepted if intake else 0,
+            }
+
+        probes = AgentProbes(
+            outbox_stats=store.outbox_stats,
+            broker_connected=publisher.link.connected.is_set,
+            store_failing_since=lambda: batcher.failing_since,
+            mes_blocked_since=lambda: self.intake.blocked_since if self.intake else None,
+            counters=counters,
+            mes_rejected=lambda: dict(self.intake.rejected) if self.intake else {},
+            report_problem=publisher.report_problem,
+        )
+        return Monitor(self.config, probes)
+
+    def _sink_for(self, source: Source) -> SampleSink:
+        """The batcher, and the monitor (fresh meters, poll errors, the read's latency)."""
+        batcher, monitor = self.batcher, self.monitor
+        assert batcher is not None
+        assert monitor is not None
+
+        def sink(samples: Sequence[Sample]) -> None:
+            batcher.put(samples)
+            stats = getattr(source, "stats", None)  # Modbus connections time each read
+            monitor.on_samples(samples, getattr(stats, "last_latency_s", None))
+
+        return sink
 
     def _spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -208,6 +276,8 @@ class Agent:
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.close()
+        if self.health_server is not None:
+            await self._stop_step("health endpoint", asyncio.to_thread(self.health_server.stop))
         if self.batcher is not None:
             await self._stop_step("sample writer", self.batcher.flush())
         if self.engine is not None:
@@ -238,7 +308,8 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     reloaded: list[AgentConfig] = []
-    agent = Agent(config)
+    notifier = ServiceNotifier()
+    agent = Agent(config, notifier=notifier)
 
     def request_stop() -> None:
         stopping.set()
@@ -248,6 +319,7 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
         new = _reload(config_path)
         if new is not None:
             reloaded[:] = [new]
+            notifier.reloading()
             agent.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,18 +340,21 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
                 "the reloaded configuration did not start: %s; back to the previous one",
                 "; ".join(problems),
             )
-            agent, previous = Agent(previous), None
+            agent, previous = Agent(previous, notifier=notifier), None
             continue
+        notifier.ready(f"running: site {agent.config.site.id}, {len(agent.config.meters)} meters")
         try:
             await agent.wait()
         finally:
+            if stopping.is_set() or not reloaded or agent.failed_task is not None:
+                notifier.stopping()
             await agent.stop()
         if agent.failed_task is not None:
             log.error("exiting with status %d: task %s failed", EXIT_TASK_FAILED, agent.failed_task)
             return EXIT_TASK_FAILED
         if stopping.is_set() or not reloaded:
             return 0
-        previous, agent = agent.config, Agent(reloaded.pop())
+        previous, agent = agent.config, Agent(reloaded.pop(), notifier=notifier)
         log.info("configuration reloaded from %s", config_path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -40,6 +41,7 @@ class SampleBatcher:
         self.written = 0
         self.dropped = 0
         self.failed_writes = 0
+        self.failing_since: float | None = None  # monotonic; set while writes fail
 
     def put(self, samples: Sequence[Sample]) -> None:
         self._pending.extend(samples)
@@ -78,9 +80,12 @@ class SampleBatcher:
                 # Keep the batch for the next attempt; the store logs its own failure.
                 self._pending.extendleft(reversed(batch))
                 self.failed_writes += 1
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 log.exception("writing %d samples failed; will retry", len(batch))
                 await asyncio.sleep(min(self._max_delay_s, 1.0))
                 return
             self.written += len(batch)
+            self.failing_since = None
             if self._after_write is not None:
                 await self._after_write(batch)

@@ -83,6 +83,15 @@ RegisterType = Literal["holding", "input", "coil", "discrete_input"]
 DataType = Literal["uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"]
 ByteOrder = Literal["big", "little"]
 
+# Word/byte order in the names other tools use (for a 32-bit value whose big-endian bytes are
+# A B C D) -> (word_order, byte_order). ``order: CDAB`` in a point is shorthand for the pair.
+ORDER_SHORTHAND: dict[str, tuple[ByteOrder, ByteOrder]] = {
+    "ABCD": ("big", "big"),
+    "CDAB": ("little", "big"),
+    "BADC": ("big", "little"),
+    "DCBA": ("little", "little"),
+}
+
 REGISTER_COUNT: dict[str, int] = {
     "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2,
     "uint64": 4, "int64": 4, "float64": 4,
@@ -134,6 +143,21 @@ class ModbusPoint(PointBase):
     word_order: ByteOrder = "big"  # order of 16-bit words in multi-register values
     byte_order: ByteOrder = "big"  # order of the two bytes inside each word
 
+    @model_validator(mode="before")
+    @classmethod
+    def _order_shorthand(cls, data: Any) -> Any:
+        """``order: CDAB`` -> ``word_order: little, byte_order: big`` (see ORDER_SHORTHAND)."""
+        if not isinstance(data, dict) or "order" not in data:
+            return data
+        data = dict(data)
+        fields = order_fields(data.pop("order"), data)
+        return {**data, **fields}
+
+    @property
+    def order(self) -> str:
+        """The configured word/byte order in the names other tools use (ABCD, CDAB, ...)."""
+        return order_name(self.word_order, self.byte_order)
+
     @property
     def register_count(self) -> int:
         return 1 if self.register_type in ("coil", "discrete_input") else REGISTER_COUNT[self.type]
@@ -159,6 +183,49 @@ class ModbusPoint(PointBase):
                 count=self.register_count,
             )
         return self
+
+
+def order_name(word_order: str, byte_order: str) -> str:
+    """``("little", "big")`` -> ``"CDAB"``."""
+    return next(name for name, pair in ORDER_SHORTHAND.items() if pair == (word_order, byte_order))
+
+
+def order_fields(shorthand: Any, explicit: dict[str, Any]) -> dict[str, ByteOrder]:
+    """The ``word_order``/``byte_order`` pair an ``order`` shorthand stands for; an explicit
+    ``word_order`` or ``byte_order`` beside it must agree (pure, raises the config error)."""
+    name = shorthand.upper() if isinstance(shorthand, str) else shorthand
+    if name not in ORDER_SHORTHAND:
+        raise invalid(
+            "order: {value!r} is not a word/byte order (expected ABCD, CDAB, BADC or DCBA; "
+            "ABCD = most significant word and byte first)",
+            value=shorthand,
+        )
+    word_order, byte_order = ORDER_SHORTHAND[name]
+    for key, implied in (("word_order", word_order), ("byte_order", byte_order)):
+        if key in explicit and explicit[key] != implied:
+            raise invalid(
+                "{key}: {value!r} conflicts with order {name} (which means word_order "
+                "{word}, byte_order {byte}); remove one of the two",
+                key=key,
+                value=explicit[key],
+                name=name,
+                word=word_order,
+                byte=byte_order,
+            )
+    return {"word_order": word_order, "byte_order": byte_order}
+
+
+def _merge_order_override(merged: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A meter's own word/byte order replaces its profile's, in whichever notation each wrote
+    it: ``order: CDAB`` over a profile's ``word_order: big`` is no conflict."""
+    own = {"order", "word_order", "byte_order"} & set(override)
+    if not own:
+        return merged
+    return {
+        key: value
+        for key, value in merged.items()
+        if key not in {"order", "word_order", "byte_order"} - own
+    }
 
 
 class OpcUaPoint(PointBase):
@@ -192,7 +259,16 @@ class ModbusMeterBase(MeterBase):
         from edge_agent.config.profiles import merge_profile  # noqa: PLC0415 (cycle)
 
         dirs = (info.context or {}).get("profile_dirs", ())
-        return merge_profile(data, dirs)
+        merged = merge_profile(data, dirs)
+        overrides = data.get("points")
+        points = merged.get("points")
+        if isinstance(overrides, dict) and isinstance(points, dict):
+            points = dict(points)
+            for name, spec in overrides.items():
+                if isinstance(spec, dict) and isinstance(points.get(name), dict):
+                    points[name] = _merge_order_override(points[name], spec)
+            merged = {**merged, "points": points}
+        return merged
 
     @model_validator(mode="after")
     def _has_points(self) -> ModbusMeterBase:
@@ -493,6 +569,21 @@ class EmissionFactor(StrictModel):
     reference_conditions: str | None = None
 
 
+class HealthConfig(StrictModel):
+    """The health and metrics HTTP endpoint (docs/configuration.md, section health)."""
+
+    enabled: bool = False
+    # Loopback by default: exposing it beyond the gateway is a deliberate choice.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9108
+    # /healthz turns 503 when one of these is exceeded.
+    stale_meter_s: Annotated[float, Field(gt=0, le=86400)] = 60.0  # no good reading of a meter
+    broker_unreachable_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    outbox_max_age_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 900.0  # oldest unpublished
+    store_failing_s: Annotated[float, Field(gt=0, le=86400)] = 30.0  # samples not written
+    event_loop_lag_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
 class AgentConfig(StrictModel):
     site: SiteConfig
     meters: list[MeterConfig] = Field(min_length=1)
@@ -503,6 +594,7 @@ class AgentConfig(StrictModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     emission_factors: dict[Identifier, EmissionFactor] = Field(default_factory=dict)
 
     def meter(self, meter_id: str) -> ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter:

@@ -1,0 +1,1 @@
+"""Watching the running agent: health judgement, metrics, the HTTP endpoint."""

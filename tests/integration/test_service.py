@@ -1,0 +1,97 @@
+"""The agent under systemd's eyes (issue 9): the shipped unit's sandbox score, and the
+notification protocol spoken by a real agent process to a real datagram socket, as systemd
+would receive it (``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulators.broker import LocalMosquitto
+from tests.integration.test_process_lifecycle import agent_config
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "deploy/edge-agent.service"
+MAX_EXPOSURE = 2.5
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_the_shipped_unit_is_sandboxed_to_at_most_2_5() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    stated = re.search(r"`systemd-analyze security edge-agent`: (\d+\.\d)", UNIT.read_text())
+    assert stated, "the unit states its score"
+    assert stated.group(1) == match.group(1)  # the comment in the unit is not stale
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_the_shipped_unit_verifies() -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(UNIT)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # The agent is not installed under /opt on a test machine: that one complaint is expected.
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable: No such file or directory" not in line
+    ]
+    assert problems == []
+
+
+def test_ready_watchdog_and_stopping_reach_the_notify_socket(
+    mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    path, log = tmp_path / "agent.yaml", tmp_path / "agent.log"
+    path.write_text(yaml.safe_dump(agent_config(mosquitto, tmp_path / "agent.db", "t/s1/st")))
+    messages: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        server.settimeout(0.2)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": address,
+               "WATCHDOG_USEC": "600000"}  # fmt: skip
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and sum(m == "WATCHDOG=1" for m in messages) < 5:
+                try:
+                    messages.append(server.recv(4096).decode())
+                except TimeoutError:
+                    assert process.poll() is None, log.read_text()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0, log.read_text()
+            while True:
+                try:
+                    messages.append(server.recv(4096).decode())
+                except TimeoutError:
+                    break
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    ready = [m for m in messages if m.startswith("READY=1")]
+    assert len(ready) == 1, messages
+    assert "STATUS=running: site s1, 1 meters" in ready[0]
+    assert messages.index(ready[0]) < messages.index("WATCHDOG=1")
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 5
+    assert messages[-1].startswith("STOPPING=1"), messages
