@@ -21,6 +21,7 @@ from edge_agent.config.models import ENERGY_UNITS_TO_KWH, ModbusPoint, PointBase
 from edge_agent.config.preflight import preflight
 from edge_agent.domain import PointRole, Quality, Sample, iso_from_ns
 from edge_agent.errors import ConfigError
+from edge_agent.logfmt import configure_logging
 from edge_agent.plausibility import (
     FLOAT_COUNTER_STEP_KWH,
     Implausible,
@@ -44,10 +45,7 @@ EXIT_CONFIG = 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     # The adapters log once when a device goes unavailable and once when it recovers; the
     # libraries would log every timeout and every unencrypted session.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -82,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="poll meters, attribute energy, publish records")

@@ -170,3 +170,29 @@ def test_a_task_that_dies_stops_the_process_with_status_1_after_offline(
             process.kill()
             process.wait(10)
         statuses.close()
+
+
+def test_json_logs_are_one_object_a_line(mosquitto: LocalMosquitto, tmp_path: Path) -> None:
+    path, log = tmp_path / "agent.yaml", tmp_path / "agent.log"
+    path.write_text(yaml.safe_dump(agent_config(mosquitto, tmp_path / "agent.db", "t/s1/status")))
+    statuses = Statuses(mosquitto)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "--log-format", "json", "run", "-c", str(path)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    try:
+        statuses.wait_for("t/s1/status", "online", process, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        statuses.close()
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert entries
+    assert all({"ts", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    assert any(e["message"].startswith("edge-agent running: site s1") for e in entries)
+    assert any(e["level"] == "WARNING" and e["logger"].startswith("edge_agent") for e in entries)
