@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from simulators.broker import LocalMosquitto, free_port
 from simulators.modbus_meters import SimulatedPlant
 from simulators.plant import ENCLOSURE_LINE, agent_config, build_plant, write_config
+from tests.integration.test_process_lifecycle import spawn_agent
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ENCLOSURE_LINE[:1]
@@ -44,15 +42,6 @@ async def until(check: Callable[[], bool], what: str, log: Path, timeout_s: floa
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{what} not seen in {timeout_s} s:\n{log.read_text()[-4000:]}")
-
-
-def spawn_agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:

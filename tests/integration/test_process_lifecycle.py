@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,25 @@ class Statuses:
         self._client.disconnect()
 
 
+def spawn_agent(
+    config: Path, log: Path, *options: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``edge-agent [options] run -c config`` as a child process, its output in ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", *options, "run", "-c", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )  # fmt: skip
+
+
+def reap(process: subprocess.Popen[bytes]) -> None:
+    """Kill a child a failed test left running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
 def wait_until(
     done: Callable[[], bool], process: subprocess.Popen[bytes] | None, log: Path, what: str
 ) -> None:
@@ -101,12 +120,7 @@ def test_sighup_rejects_a_bad_configuration_and_applies_a_good_one(
     good = agent_config(mosquitto, tmp_path / "agent.db", "t/s1/status-a")
     path.write_text(yaml.safe_dump(good))
     statuses = Statuses(mosquitto)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+    process = spawn_agent(path, log)
     try:
         statuses.wait_for("t/s1/status-a", "online", process, log)
 
@@ -134,9 +148,7 @@ def test_sighup_rejects_a_bad_configuration_and_applies_a_good_one(
         assert process.wait(30) == 0
         statuses.wait_for("t/s1/status-b", "offline", None, log)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        reap(process)
         statuses.close()
 
 
@@ -148,12 +160,7 @@ def test_a_task_that_dies_stops_the_process_with_status_1_after_offline(
     path, log, store = tmp_path / "agent.yaml", tmp_path / "agent.log", tmp_path / "agent.db"
     path.write_text(yaml.safe_dump(agent_config(mosquitto, store, "t/s1/status")))
     statuses = Statuses(mosquitto)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+    process = spawn_agent(path, log)
     try:
         statuses.wait_for("t/s1/status", "online", process, log)
         for name in (store.name, f"{store.name}-wal", f"{store.name}-shm"):
@@ -166,9 +173,7 @@ def test_a_task_that_dies_stops_the_process_with_status_1_after_offline(
         assert "task housekeeping failed" in text or "failed: StoreError" in text
         assert "exiting with status 1" in text
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        reap(process)
         statuses.close()
 
 
@@ -176,20 +181,13 @@ def test_json_logs_are_one_object_a_line(mosquitto: LocalMosquitto, tmp_path: Pa
     path, log = tmp_path / "agent.yaml", tmp_path / "agent.log"
     path.write_text(yaml.safe_dump(agent_config(mosquitto, tmp_path / "agent.db", "t/s1/status")))
     statuses = Statuses(mosquitto)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent.cli", "--log-format", "json", "run", "-c", str(path)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+    process = spawn_agent(path, log, "--log-format", "json")
     try:
         statuses.wait_for("t/s1/status", "online", process, log)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        reap(process)
         statuses.close()
     entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     assert entries

@@ -4,13 +4,11 @@ would receive it (``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 import yaml
 
 from simulators.broker import LocalMosquitto
-from tests.integration.test_process_lifecycle import agent_config
+from tests.integration.test_process_lifecycle import agent_config, reap, spawn_agent
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy/edge-agent.service"
@@ -64,13 +62,8 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(address)
         server.settimeout(0.2)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": address,
-               "WATCHDOG_USEC": "600000"}  # fmt: skip
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "run", "-c", str(path)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-            )  # fmt: skip
+        env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "600000"}
+        process = spawn_agent(path, log, env=env)
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and sum(m == "WATCHDOG=1" for m in messages) < 5:
@@ -86,9 +79,7 @@ def test_ready_watchdog_and_stopping_reach_the_notify_socket(
                 except TimeoutError:
                     break
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+            reap(process)
     ready = [m for m in messages if m.startswith("READY=1")]
     assert len(ready) == 1, messages
     assert "STATUS=running: site s1, 1 meters" in ready[0]
