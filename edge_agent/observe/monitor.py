@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # reconnect that succeeds at once is not news).
 BROKER_LOG_AFTER_S = 5.0
 TICK_S = 1.0
+OUTBOX_EVERY_S = 10.0
 # Poll latencies from a fast TCP meter (ms) to a slow RTU bus or a timeout (s).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -60,6 +61,8 @@ class Monitor:
         self._broker_down_since: float | None = None
         self._broker_logged = False
         self._lag_s = 0.0
+        self._outbox: OutboxStats | None = None
+        self._outbox_at = 0.0
         self.snapshot: Snapshot | None = None
         self.reasons: tuple[Reason, ...] = ()
         self.registry = CollectorRegistry()
@@ -105,11 +108,7 @@ class Monitor:
     async def tick(self) -> None:
         now = time.monotonic()
         self._watch_broker(now)
-        try:
-            outbox: OutboxStats | None = await self._probes.outbox_stats()
-        except Exception as exc:  # the store's own failure is judged below, not fatal here
-            log.debug("outbox statistics failed: %r", exc)
-            outbox = None
+        outbox = await self._outbox_stats(now)
         failing = self._probes.store_failing_since()
         blocked = self._probes.mes_blocked_since()
         snapshot = Snapshot(
@@ -136,6 +135,20 @@ class Monitor:
         reasons = judge(snapshot, self._config.health)
         self._announce(reasons)
         self.snapshot, self.reasons = snapshot, tuple(reasons)
+
+    async def _outbox_stats(self, now: float) -> OutboxStats | None:
+        """The outbox's depth and oldest record, queried every OUTBOX_EVERY_S (a scan of the
+        outbox table: not once a second on a gateway's SD card). The oldest record's age is
+        computed from it at every tick, so it stays exact."""
+        if self._outbox is not None and now - self._outbox_at < OUTBOX_EVERY_S:
+            return self._outbox
+        try:
+            self._outbox = await self._probes.outbox_stats()
+        except Exception as exc:  # the store's own failure is judged as store_failing
+            log.debug("outbox statistics failed: %r", exc)
+            self._outbox = None
+        self._outbox_at = now
+        return self._outbox
 
     def _watch_broker(self, now: float) -> None:
         host = f"{self._config.mqtt.host}:{self._config.mqtt.port}"
