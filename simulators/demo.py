@@ -165,17 +165,27 @@ class PlantHarness:
         opcua_steps: tuple[str, ...] = (),
         power_only_steps: tuple[str, ...] = (),
         balance: dict[str, Any] | None = None,
+        base_port: int | None = None,
+        opcua_port: int | None = None,
+        store_path: Path = Path("edge-agent.db"),  # relative to plant.yaml, as a user writes it
+        run_agent: bool = True,
+        sections: dict[str, Any] | None = None,
     ) -> None:
+        """``base_port``/``opcua_port``: fixed simulator ports (a container's), else free ones.
+        ``run_agent=False``: only the plant, the MES and the consumer run here; the agent is
+        another process reading ``config_path`` (the compose file's set-up). ``sections``:
+        configuration sections set as given (``health``, say)."""
         self.folder = folder
         self.steps = steps
         self.plant = SimulatedPlant(truth_dir=folder / "truth")
         (folder / "truth").mkdir(parents=True, exist_ok=True)
-        build_plant(self.plant, steps)
+        build_plant(self.plant, steps, base_port=base_port)
+        self._run_agent = run_agent
         self.raw_config = agent_config(
             self.plant,
             mqtt_host=broker_host,
             mqtt_port=broker_port,
-            store_path=Path("edge-agent.db"),  # relative to plant.yaml, like a user would write it
+            store_path=store_path,
             steps=steps,
             interval_s=interval_s,
             final_timeout_s=final_timeout_s,
@@ -185,9 +195,10 @@ class PlantHarness:
                 equipment["meters"] = [{"meter": equipment["meters"][0], "point": "power"}]
         if balance is not None:  # the `balance` configuration section
             self.raw_config["balance"] = dict(balance)
+        self.raw_config.update(sections or {})
         self.opcua: OpcUaMachineServer | None = None
         if opcua_steps:
-            self._move_to_opcua(opcua_steps, interval_s)
+            self._move_to_opcua(opcua_steps, interval_s, opcua_port)
         self.config_path = write_config(self.raw_config, folder / "plant.yaml")
         self.config: AgentConfig = parse_config(self.raw_config, folder)
         self.agent: Agent | None = None
@@ -195,13 +206,15 @@ class PlantHarness:
         self.consumer: RecordSubscriber | None = None
         self.mes: MesPublisher | None = None
 
-    def _move_to_opcua(self, equipment_ids: tuple[str, ...], interval_s: float) -> None:
+    def _move_to_opcua(
+        self, equipment_ids: tuple[str, ...], interval_s: float, port: int | None
+    ) -> None:
         """Serve these steps' machines from an OPC UA controller instead of a Modbus meter."""
         moved = {step.meter_id: step for step in self.steps if step.equipment_id in equipment_ids}
         machines = {
             step.equipment_id: self.plant.meters[meter].machine for meter, step in moved.items()
         }
-        self.opcua = OpcUaMachineServer(machines, tick_s=0.05)
+        self.opcua = OpcUaMachineServer(machines, port=port, tick_s=0.05)
         states = {0: "off", 1: "idle", 2: "running", 3: "setup", 4: "fault"}
         for index, meter in enumerate(self.raw_config["meters"]):
             step = moved.get(meter["id"])
@@ -235,6 +248,8 @@ class PlantHarness:
         prefix = f"{mqtt.topic_prefix}/{self.config.site.id}"
         self.consumer = RecordSubscriber(mqtt.host, mqtt.port, f"{prefix}/#", echo=self._echo)
         self.mes = MesPublisher(mqtt.host, mqtt.port, mes_topic(self.config))
+        if not self._run_agent:
+            return self
         await self.start_agent()
         # Production starts once the agent has polled every meter (as on a real floor, where
         # the agent runs long before the first order of the day).
@@ -324,7 +339,7 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
                 truth = plan.result()
                 assert harness.consumer is not None
                 await harness.consumer.wait_for(len(truth), lot_count, timeout_s=15)
-                _print_truth(truth, harness.consumer.latest("order"))
+                print_truth(truth, harness.consumer.latest("order"))
                 last_stop_ns = max((order.stop_ns for order in truth), default=run_start_ns)
                 await harness.consumer.wait_for_balance(
                     last_stop_ns, timeout_s=DEMO_BALANCE_PERIOD_S + 10
@@ -337,7 +352,7 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
     return 0
 
 
-def _print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> None:
+def print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> None:
     by_order = {r["order_id"]: r for r in records.values()}
     errors: list[tuple[float, str]] = []
     for order in truth:

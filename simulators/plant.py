@@ -59,13 +59,17 @@ def plant_spec() -> tuple[Step, ...]:
     return ENCLOSURE_LINE
 
 
-def build_plant(plant: SimulatedPlant, steps: tuple[Step, ...] = ENCLOSURE_LINE) -> None:
-    """Add one simulated meter per step (small initial counters keep float32 resolution fine)."""
+def build_plant(
+    plant: SimulatedPlant, steps: tuple[Step, ...] = ENCLOSURE_LINE, *, base_port: int | None = None
+) -> None:
+    """Add one simulated meter per step (small initial counters keep float32 resolution fine),
+    on ``base_port``, ``base_port + 1``… when given (a container's fixed ports), else free ports."""
     for index, step in enumerate(steps):
         plant.add_meter(
             step.meter_id,
             step.machine_type,
             profile=step.profile,
+            port=None if base_port is None else base_port + index,
             seed=index + 1,
             initial_kwh=12.0 + index,
         )

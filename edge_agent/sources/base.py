@@ -7,12 +7,14 @@ are not safe for concurrent requests), meters on different connections never wai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from edge_agent.clock import Clock
 from edge_agent.config.models import AgentConfig
-from edge_agent.domain import Sample
+from edge_agent.domain import Quality, Sample
+from edge_agent.plausibility import PowerLimit, check_sample
 
 SampleSink = Callable[[Sequence[Sample]], None]
 """Where a source delivers samples; must not block (the shell queues and batches them)."""
@@ -45,6 +47,41 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class PlausibilityWatch:
+    """Logs a meter at WARNING once when its values turn implausible (edge_agent.plausibility:
+    power above its equipment's max_power_kw, a negative or absurd counter) and at INFO once
+    when a read has none again; a read without any good sample decides nothing. Every source
+    keeps one, so a wrong setting is as loud over OPC UA as over Modbus."""
+
+    def __init__(self, limits: Mapping[str, PowerLimit], logger: logging.Logger) -> None:
+        self._limits = dict(limits)
+        self._log = logger
+        self._implausible: set[str] = set()
+
+    def note(self, samples: Sequence[Sample]) -> None:
+        """One read's samples (of one meter or several)."""
+        by_meter: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_meter.setdefault(sample.meter_id, []).append(sample)
+        for meter_id, group in by_meter.items():
+            limit = self._limits.get(meter_id)
+            findings = [f for s in group if (f := check_sample(s, limit)) is not None]
+            if findings and meter_id not in self._implausible:
+                self._implausible.add(meter_id)
+                self._log.warning(
+                    "meter %s values are implausible (order records flag them): %s",
+                    meter_id,
+                    "; ".join(f.describe() for f in findings),
+                )
+            elif (
+                not findings
+                and meter_id in self._implausible
+                and any(s.quality is Quality.GOOD for s in group)
+            ):
+                self._implausible.discard(meter_id)
+                self._log.info("meter %s values are plausible again", meter_id)
 
 
 def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:

@@ -34,8 +34,8 @@ from edge_agent.clock import Clock
 from edge_agent.config.models import AgentConfig, ModbusPoint, ModbusRtuMeter, ModbusTcpMeter
 from edge_agent.domain import PointRole, Quality, Sample
 from edge_agent.errors import DecodeError
-from edge_agent.plausibility import PowerLimit, check_sample, power_limits
-from edge_agent.sources.base import SampleSink
+from edge_agent.plausibility import PowerLimit, power_limits
+from edge_agent.sources.base import PlausibilityWatch, SampleSink
 from edge_agent.sources.modbus.decode import decode_bits, decode_registers
 from edge_agent.sources.modbus.plan import ReadBlock, extract, plan_reads
 from edge_agent.tasks import raise_if_cancelling
@@ -120,7 +120,6 @@ class _MeterState:
     available: bool = True
     skipped: int = 0
     partial_warned: bool = False
-    implausible: bool = False  # logged once when values turn implausible, once on recovery
 
 
 class ModbusConnection:
@@ -151,8 +150,7 @@ class ModbusConnection:
         self._connect_timeout_s = max(meter.timeout_s for meter in meters)
         self._rx_during_request = False
         self._counters = ConnectionStats()
-        # meter id -> the power its equipment can draw (edge_agent.plausibility)
-        self._power_limits = dict(power_limits or {})
+        self._plausibility = PlausibilityWatch(power_limits or {}, log)
 
     @property
     def key(self) -> str:
@@ -283,7 +281,7 @@ class ModbusConnection:
                     words_out[(meter.id, name)] = tuple(words)
         self._counters.last_latency_s = self._clock.monotonic_s() - started
         self._note_outcome(state, samples)
-        self._note_plausibility(state, samples)
+        self._plausibility.note(samples)
         return samples
 
     async def _read_block(
@@ -398,23 +396,6 @@ class ModbusConnection:
         if bad is not None and not state.partial_warned:
             state.partial_warned = True
             log.warning("meter %s: point %s failed: %s", state.meter.id, bad.point, bad.detail)
-
-    def _note_plausibility(self, state: _MeterState, samples: Sequence[Sample]) -> None:
-        """WARNING once when a meter's values turn implausible (edge_agent.plausibility: power
-        above its equipment's max_power_kw, a negative or absurd counter), INFO once when a
-        read has none again; reads without any good sample decide nothing."""
-        limit = self._power_limits.get(state.meter.id)
-        findings = [f for s in samples if (f := check_sample(s, limit)) is not None]
-        if findings and not state.implausible:
-            state.implausible = True
-            log.warning(
-                "meter %s values are implausible (order records flag them): %s",
-                state.meter.id,
-                "; ".join(f.describe() for f in findings),
-            )
-        elif state.implausible and not findings and any(s.quality is Quality.GOOD for s in samples):
-            state.implausible = False
-            log.info("meter %s values are plausible again", state.meter.id)
 
     def _note_failure(self, state: _MeterState, detail: str) -> None:
         self._counters.failures += 1

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,8 @@ from edge_agent.config import read_secret
 from edge_agent.config.models import AgentConfig, OpcUaEndpoint, OpcUaMeter, OpcUaPoint
 from edge_agent.domain import NS_PER_S, PointRole, Quality, Sample, ns_from_datetime
 from edge_agent.errors import SourceError, SourceSecurityError, SourceUnavailable
-from edge_agent.sources.base import SampleSink
+from edge_agent.plausibility import PowerLimit, power_limits
+from edge_agent.sources.base import PlausibilityWatch, SampleSink
 from edge_agent.sources.opcua.mapping import NodeRef, parse_node, reading_timestamp_ns
 from edge_agent.sources.opcua.security import (
     POLICIES,
@@ -77,8 +78,15 @@ def _source_ns(value: ua.DataValue) -> int | None:
 class OpcUaEndpointSource:
     """Implements :class:`edge_agent.sources.base.Source` for one OPC UA endpoint."""
 
-    def __init__(self, endpoint: OpcUaEndpoint, meters: Sequence[OpcUaMeter], clock: Clock) -> None:
+    def __init__(
+        self,
+        endpoint: OpcUaEndpoint,
+        meters: Sequence[OpcUaMeter],
+        clock: Clock,
+        power_limits: Mapping[str, PowerLimit] | None = None,
+    ) -> None:
         self.endpoint = endpoint
+        self._plausibility = PlausibilityWatch(power_limits or {}, log)
         self._clock = clock
         self._meters = {meter.id: meter for meter in meters}
         self._points = [
@@ -146,9 +154,11 @@ class OpcUaEndpointSource:
         async with self._lock:
             try:
                 await self._ensure_session()
-                return await self._read(points)
+                samples = await self._read(points)
             except SourceError as exc:
                 return self._failed(points, exc)
+        self._plausibility.note(samples)
+        return samples
 
     async def close(self) -> None:
         async with self._lock:
@@ -161,10 +171,13 @@ class OpcUaEndpointSource:
             try:
                 await self._ensure_session()
                 if self.endpoint.mode == "subscribe":
-                    return self._held_samples()
-                return await self._read(self._points)
+                    samples = self._held_samples()
+                else:
+                    samples = await self._read(self._points)
             except SourceError as exc:
                 return self._failed(self._points, exc)
+        self._plausibility.note(samples)
+        return samples
 
     async def _read(self, points: Sequence[_Point]) -> list[Sample]:
         assert self._client is not None
@@ -495,7 +508,10 @@ def build_opcua_sources(config: AgentConfig, clock: Clock) -> list[OpcUaEndpoint
     for meter in config.meters:
         if isinstance(meter, OpcUaMeter) and meter.enabled:
             groups.setdefault(meter.endpoint, []).append(meter)
-    return [OpcUaEndpointSource(endpoints[eid], meters, clock) for eid, meters in groups.items()]
+    limits = power_limits(config)
+    return [
+        OpcUaEndpointSource(endpoints[eid], meters, clock, limits) for eid, meters in groups.items()
+    ]
 
 
 async def probe_endpoint(
