@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edge_agent.attribution.allocation import allocate
+from edge_agent.attribution.factors import FactorPiece, cut_points, rescale, uses_by_set
 from edge_agent.attribution.model import (
+    FactorUse,
     Flag,
     Interval,
+    MeterAllocation,
     MeterSeries,
     OrderSpan,
     Reading,
+    SplitRule,
     StateChange,
 )
 from edge_agent.attribution.records import (
@@ -30,10 +35,15 @@ from edge_agent.attribution.records import (
 from edge_agent.attribution.series import float32_step
 from edge_agent.attribution.states import derive_states
 from edge_agent.config import AgentConfig, EquipmentConfig, attributed_point_name
+from edge_agent.config.factor_tables import factor_schedules
 from edge_agent.config.models import (
     ENERGY_UNITS_TO_KWH,
     POWER_UNITS_TO_KW,
+    REFERENCE_CONDITIONS,
+    VOLUME_UNITS,
     DerivedState,
+    EmissionFactor,
+    GasConditions,
     ModbusPoint,
     OpcUaMeter,
     PointBase,
@@ -42,6 +52,7 @@ from edge_agent.config.models import (
 from edge_agent.domain import PointRole, Sample
 from edge_agent.mes.timeline import OrderTimeline
 from edge_agent.plausibility import check_sample, power_limits
+from edge_agent.sharing import SharedInputs, SharedResult, allocate_shared_inputs, shared_detail
 
 # Readings further apart than this many poll intervals are a communication gap.
 GAP_INTERVALS = 3.0
@@ -67,13 +78,184 @@ class OrderInputs:
     clock_flags: tuple[Flag, ...] = ()
     # The agent's own down-times (Store.agent_downtimes) overlapping the readings' window
     outages: tuple[tuple[int, int], ...] = ()
+    # One per shared equipment serving the order's equipment (edge_agent.sharing)
+    shared: tuple[SharedInputs, ...] = ()
+
+
+_SCHEDULES: dict[int, tuple[AgentConfig, dict[str, dict[str, tuple[Factor, ...]]]]] = {}
+
+
+def schedules(config: AgentConfig) -> dict[str, dict[str, tuple[Factor, ...]]]:
+    """carrier -> factor set -> factors in time order; built once per configuration (a year
+    of hourly grid factors is 8,760 rows)."""
+    cached = _SCHEDULES.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    built = factor_schedules(config, config.factor_tables)
+    if len(_SCHEDULES) >= 4:  # a reload replaces the configuration: forget the oldest
+        _SCHEDULES.pop(next(iter(_SCHEDULES)))
+    _SCHEDULES[id(config)] = (config, built)
+    return built
 
 
 def factors(config: AgentConfig) -> dict[str, Factor]:
-    return {
-        carrier: Factor(carrier, f.value, f.unit, f.source, f.version, f.primary)
-        for carrier, f in config.emission_factors.items()
-    }
+    """Per carrier, the first factor of its first set (records fall back to it)."""
+    return {carrier: next(iter(sets.values()))[0] for carrier, sets in schedules(config).items()}
+
+
+def gas_conversion(point: PointBase, factor: EmissionFactor) -> tuple[float, Flag | None]:
+    """Metered volume -> volume at the factor's reference conditions (ideal gas:
+    V_ref = V × (p / p_ref) × (T_ref / T)); 1 when the factor names no conditions."""
+    reference = factor.reference_conditions
+    if reference is None or point.unit not in VOLUME_UNITS:
+        return 1.0, None
+    metered = point.metering_conditions
+    if metered is None and point.unit == "Nm3":
+        temperature, pressure = REFERENCE_CONDITIONS["normal"]
+        metered = GasConditions(temperature_c=temperature, pressure_kpa=pressure)
+    if metered is None:
+        return 1.0, Flag(
+            "gas_conditions_unknown",
+            f"the meter's volume ({point.unit}) has no metering_conditions: taken as the "
+            f"factor's reference conditions ({reference.temperature_c:g} °C, "
+            f"{reference.pressure_kpa:g} kPa) without conversion",
+        )
+    ratio = (metered.pressure_kpa / reference.pressure_kpa) * (reference.kelvin / metered.kelvin)
+    return ratio, None
+
+
+def _factor_config(config: AgentConfig, carrier: str, name: str) -> EmissionFactor:
+    return next(f for f in config.emission_factors[carrier] if f.set == name)
+
+
+def _direct_pieces(
+    group: Sequence[tuple[MeterSeries, MeterAllocation]],
+    order_id: str,
+    window: Interval,
+    cuts: Sequence[int],
+    spans: Sequence[OrderSpan],
+    states: Sequence[StateChange],
+    split: SplitRule,
+) -> list[FactorPiece]:
+    """The order's direct activity of one carrier, cut at the factors' changes."""
+    total = math.fsum(alloc.orders[order_id].energy for _, alloc in group)
+    measured = math.fsum(alloc.orders[order_id].measured for _, alloc in group)
+    uncertainty = math.fsum(alloc.orders[order_id].uncertainty for _, alloc in group)
+    if not cuts:
+        return [(window, total, measured, uncertainty)]
+    edges = [window.start_ns, *cuts, window.end_ns]
+    pieces: list[FactorPiece] = []
+    for a, b in itertools.pairwise(edges):
+        part = [allocate(series, spans, Interval(a, b), split, states) for series, _ in group]
+        energy = math.fsum(p.orders[order_id].energy for p in part)
+        pieces.append(
+            (Interval(a, b), energy, math.fsum(p.orders[order_id].measured for p in part), 0.0)
+        )
+    pieces = rescale(pieces, total, measured)
+    # The bound is shared out with the activity (an upper bound of each part's error).
+    return [
+        (i, e, m, uncertainty * (e / total if total else 1.0 / len(pieces)))
+        for i, e, m, _ in pieces
+    ]
+
+
+def _shared_pieces(result: SharedResult, order_id: str) -> list[FactorPiece]:
+    """The order's part of a shared equipment, interval by interval (intervals are aligned to
+    UTC, so an hourly factor changes between them)."""
+    allocated = result.allocation.orders.get(order_id, 0.0)
+    pieces: list[FactorPiece] = []
+    for part in result.allocation.intervals_of(order_id):
+        energy = part.share_of(order_id)
+        measured = part.measured * energy / part.energy if part.energy > 0 else 0.0
+        bound = (
+            result.uncertainty * energy / result.allocation.total
+            if result.allocation.total > 0
+            else 0.0
+        )
+        pieces.append((part.interval, energy, measured, bound))
+    if not pieces:
+        pieces.append((result.window, allocated, 0.0, 0.0))
+    return pieces
+
+
+def _order_factor_uses(
+    inputs: OrderInputs,
+    window: Interval,
+    spans: Sequence[OrderSpan],
+    states: Sequence[StateChange],
+    attributed: Sequence[tuple[MeterSeries, MeterAllocation]],
+    shared: Sequence[SharedResult] = (),
+) -> tuple[dict[str, dict[str, list[FactorUse]]], list[Flag]]:
+    """Per carrier and factor set, the factors applied to the order's activity (direct and
+    shared): cut at every change of a time-varying factor, each part with the factor valid
+    then, gas volumes converted to the factor's reference conditions."""
+    config, equipment = inputs.config, inputs.equipment
+    order_id = inputs.timeline.order_id
+    by_carrier: dict[str, list[tuple[MeterSeries, MeterAllocation]]] = {}
+    for series, alloc in attributed:
+        by_carrier.setdefault(alloc.carrier or equipment.carrier, []).append((series, alloc))
+    shared_by_carrier: dict[str, list[SharedResult]] = {}
+    for result in shared:
+        shared_by_carrier.setdefault(result.shared.carrier, []).append(result)
+    out: dict[str, dict[str, list[FactorUse]]] = {}
+    flags: list[Flag] = []
+    for carrier in dict.fromkeys([*by_carrier, *shared_by_carrier]):
+        sets = schedules(config).get(carrier)
+        if not sets:
+            continue
+        group = by_carrier.get(carrier, [])
+        pieces: list[FactorPiece] = []
+        points: list[tuple[PointBase, str, float]] = []  # (point, meter id, activity)
+        if group:
+            cuts = cut_points(list(sets.values()), window)
+            pieces += _direct_pieces(
+                group, order_id, window, cuts, spans, states, equipment.overlap_split
+            )
+            points += [
+                (config.meter(series.meter_id).points[series.point], series.meter_id,
+                 alloc.orders[order_id].energy)
+                for series, alloc in group
+            ]  # fmt: skip
+        for result in shared_by_carrier.get(carrier, []):
+            pieces += _shared_pieces(result, order_id)
+            ref_meter, ref_point = result.meter.meter_id, result.meter.point
+            points.append(
+                (config.meter(ref_meter).points[ref_point], ref_meter,
+                 result.allocation.orders.get(order_id, 0.0))
+            )  # fmt: skip
+        uses, found = uses_by_set(carrier, pieces, sets)
+        flags += found
+        for name, listed in uses.items():
+            ratio, conversion_flags = _conversion(points, _factor_config(config, carrier, name))
+            flags += conversion_flags
+            out.setdefault(carrier, {})[name] = (
+                listed
+                if ratio == 1.0
+                else [
+                    FactorUse(replace(u.factor, conversion=ratio), u.activity, u.measured, u.uncertainty)
+                    for u in listed
+                ]
+            )  # fmt: skip
+    return out, list(dict.fromkeys(flags))
+
+
+def _conversion(
+    points: Sequence[tuple[PointBase, str, float]], factor: EmissionFactor
+) -> tuple[float, list[Flag]]:
+    """The activity-weighted metered -> reference conversion of the order's meters."""
+    ratios: list[tuple[float, float]] = []
+    flags: list[Flag] = []
+    for point, meter_id, activity in points:
+        ratio, flag = gas_conversion(point, factor)
+        ratios.append((ratio, activity))
+        if flag is not None:
+            flags.append(Flag(flag.code, f"meter {meter_id}: {flag.detail}"))
+    weight = math.fsum(activity for _, activity in ratios)
+    if not ratios:
+        return 1.0, flags
+    if weight > 0:
+        return math.fsum(r * a for r, a in ratios) / weight, flags
+    return math.fsum(r for r, _ in ratios) / len(ratios), flags
 
 
 def _to_carrier_unit(point: PointBase) -> float:
@@ -221,14 +403,20 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
     window = Interval(timeline.start_ns, end_ns)
     spans = [_span(timeline), *(_span(other) for other in inputs.others)]
     states = state_changes(inputs)
-    allocations = []
+    attributed = []
     for (meter_id, point_name), samples in inputs.readings.items():
         power = inputs.shaping_power.get((meter_id, point_name), ())
         series = meter_series(
             config, equipment, meter_id, point_name, samples, power, inputs.outages
         )
-        allocations.append(allocate(series, spans, window, equipment.overlap_split, states))
+        attributed.append(
+            (series, allocate(series, spans, window, equipment.overlap_split, states))
+        )
+    allocations = [alloc for _, alloc in attributed]
+    shared = [allocate_shared_inputs(config, item, window) for item in inputs.shared]
+    uses, factor_flags = _order_factor_uses(inputs, window, spans, states, attributed, shared)
     extra = [Flag("order_event_anomaly", anomaly) for anomaly in timeline.anomalies]
+    extra += factor_flags
     extra += [Flag("order_event_corrected", note) for note in timeline.corrections]
     extra += inputs.clock_flags
     readings = (*inputs.readings.values(), *inputs.shaping_power.values())
@@ -269,7 +457,21 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
         unit=timeline.unit,
     )
     return build_order_record(
-        facts, allocations, factors(config), equipment.carrier, revision=revision, extra_flags=extra
+        facts,
+        allocations,
+        factors(config),
+        equipment.carrier,
+        revision=revision,
+        extra_flags=extra,
+        factor_uses=uses,
+        report_set=config.report_set,
+        shared=[
+            (
+                result.as_order_allocation(timeline.order_id),
+                shared_detail(result, timeline.order_id),
+            )
+            for result in shared
+        ],
     )
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
+from edge_agent.accounting import schedules
 from edge_agent.attribution.series import float32_step
 from edge_agent.config import AgentConfig, load_config, shaping_power_point
+from edge_agent.config.factor_tables import describe
 from edge_agent.config.models import ENERGY_UNITS_TO_KWH, ModbusPoint, PointBase
 from edge_agent.config.preflight import preflight
 from edge_agent.domain import PointRole, Quality, Sample, iso_from_ns
@@ -138,8 +140,10 @@ def summarise(config: AgentConfig) -> str:
         "  factors:   "
         + (
             ", ".join(
-                f"{carrier} {factor.value:g} {factor.unit} ({factor.source}, {factor.version})"
-                for carrier, factor in config.emission_factors.items()
+                f"{carrier} {name} {describe(schedule)} ({schedule[0].source}, "
+                f"{schedule[0].version})"
+                for carrier, sets in schedules(config).items()
+                for name, schedule in sets.items()
             )
             or "none"
         ),

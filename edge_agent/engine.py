@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edge_agent.accounting import OrderInputs, build_lot, build_order, is_cancelled
+from edge_agent.attribution.model import Interval
 from edge_agent.clock import Clock
 from edge_agent.clockwatch import clock_flags
 from edge_agent.config import (
@@ -25,12 +26,13 @@ from edge_agent.config import (
     attributed_point_name,
     shaping_power_point,
 )
-from edge_agent.config.models import DerivedState, StateSource
+from edge_agent.config.models import DerivedState, SharedEquipmentConfig, StateSource
 from edge_agent.domain import NS_PER_S, PointRole, Sample, iso_from_ns, ns_from_iso
 from edge_agent.errors import EventRejected
 from edge_agent.mes.events import ORDER_EVENT_TYPES, OrderEvent, parse_event
 from edge_agent.mes.timeline import OrderTimeline, replay_order
 from edge_agent.publish.topics import lot_topic, order_topic
+from edge_agent.sharing import SharedInputs, extended_window, shared_points
 from edge_agent.store import IntakeCommit, OutboxRecord, Store, StoredEvent
 
 log = logging.getLogger(__name__)
@@ -731,6 +733,13 @@ class OrderEngine:
             point = attributed_point_name(dict(meter.points), ref.point)
             if not await self._store.has_reading_at_or_after(meter.id, point, stop_ns):
                 return False
+        # A shared equipment's part is computed over whole allocation intervals: its meters
+        # must have read past the end of the interval the stop falls in.
+        for shared in self._config.sharing(equipment.id):
+            end_ns = extended_window(Interval(stop_ns, stop_ns), shared.interval_s).end_ns
+            for meter_id, point in shared_points(self._config, [*shared.meters, *shared.subtract]):
+                if not await self._store.has_reading_at_or_after(meter_id, point, end_ns):
+                    return False
         return True
 
     async def _order_inputs(
@@ -766,6 +775,10 @@ class OrderEngine:
             )
         neighbours = await self._overlapping_orders(equipment.id, timeline, now_ns)
         outages = await self._store.agent_downtimes(since_ns, until_ns)
+        shared = [
+            await self.shared_inputs(item, start_ns, stop_ns, outages)
+            for item in self._config.sharing(equipment.id)
+        ]
         return OrderInputs(
             config=self._config,
             equipment=equipment,
@@ -776,7 +789,41 @@ class OrderEngine:
             shaping_power=shaping_power,
             clock_flags=clock_flags(self._clock, start_ns, stop_ns, now_ns),
             outages=tuple(outages),
+            shared=tuple(shared),
         )
+
+    async def shared_inputs(
+        self,
+        shared: SharedEquipmentConfig,
+        start_ns: int,
+        end_ns: int,
+        outages: Sequence[tuple[int, int]],
+    ) -> SharedInputs:
+        """What allocating a shared equipment over [start, end] needs: its meters' readings
+        over the whole allocation intervals, the orders on the equipment it serves then (and,
+        for key direct_energy, their meters' readings)."""
+        window = extended_window(Interval(start_ns, end_ns), shared.interval_s)
+        since_ns = window.start_ns - _READING_MARGIN_NS
+        until_ns = window.end_ns + _READING_MARGIN_NS
+        readings: dict[tuple[str, str], list[Sample]] = {}
+        for meter_id, point in shared_points(self._config, [*shared.meters, *shared.subtract]):
+            readings[(meter_id, point)] = await self._store.readings(
+                meter_id, point, since_ns, until_ns
+            )
+        served: dict[str, list[OrderTimeline]] = {}
+        served_readings: dict[tuple[str, str], list[Sample]] = {}
+        for equipment_id in shared.serves:
+            served[equipment_id] = await self.timelines_overlapping(
+                equipment_id, window.start_ns, window.end_ns
+            )
+            if shared.key != "direct_energy" or not served[equipment_id]:
+                continue
+            equipment = self._config.equipment_by_id(equipment_id)
+            for meter_id, point in shared_points(self._config, equipment.meters):
+                served_readings[(meter_id, point)] = await self._store.readings(
+                    meter_id, point, since_ns, until_ns
+                )
+        return SharedInputs(shared, readings, served, served_readings, tuple(outages))
 
     async def timelines_overlapping(
         self, equipment_id: str, start_ns: int, end_ns: int

@@ -10,7 +10,8 @@
     │   └── SourceSecurityError  OPC UA security policy, certificate or user rejected
     ├── DecodeError            register contents cannot be turned into a value
     ├── EventRejected          an MES event failed validation (reason and code)
-    └── StoreError             the local database failed
+    ├── StoreError             the local database failed
+    └── FootprintError         records that cannot become a PACT footprint (names the lot)
 
 Adapters catch library exceptions and raise these ``from`` the original, so the shell never
 depends on pymodbus, asyncua or paho exception types.
@@ -70,3 +71,8 @@ class EventRejected(EdgeAgentError):
 
 class StoreError(EdgeAgentError):
     """The local SQLite store failed."""
+
+
+class FootprintError(EdgeAgentError):
+    """Records that cannot become a footprint: an incomplete lot, no good quantity, a product
+    without the information PACT requires. The message names the lot or product and why."""

@@ -81,7 +81,8 @@ class StateChange:
 
 @dataclass(frozen=True, slots=True)
 class Factor:
-    """An emission factor: kg CO2e per carrier unit, with its provenance."""
+    """An emission factor: kg CO2e per carrier unit, with its provenance and, for a row of a
+    time-varying table, its validity ``[valid_from_ns, valid_to_ns)``."""
 
     carrier: str
     value: float
@@ -89,6 +90,28 @@ class Factor:
     source: str
     version: str
     primary: bool  # supplier- or contract-specific (PACT primary); a grid average is not
+    set: str = "location"  # GHG Protocol Scope 2: location or market
+    geography: str | None = None
+    reference_year: int | None = None
+    valid_from_ns: int | None = None
+    valid_to_ns: int | None = None
+    # Metered unit -> the factor's unit (gas volume at metering -> reference conditions).
+    conversion: float = 1.0
+
+    def covers(self, t_ns: int) -> bool:
+        return (self.valid_from_ns is None or self.valid_from_ns <= t_ns) and (
+            self.valid_to_ns is None or t_ns < self.valid_to_ns
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FactorUse:
+    """One factor applied to part of an order's activity of one carrier (in the metered unit)."""
+
+    factor: Factor
+    activity: float
+    measured: float
+    uncertainty: float
 
 
 @dataclass(frozen=True, slots=True)

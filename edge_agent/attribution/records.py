@@ -18,6 +18,7 @@ from typing import Any
 from edge_agent.attribution.model import (
     ELECTRICITY,
     Factor,
+    FactorUse,
     Flag,
     MeterAllocation,
     Reading,
@@ -36,7 +37,7 @@ __all__ = [
     "record_id",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 _NAMESPACE = uuid.UUID("6f1c7a52-3d0e-4b8e-9a51-2f0d6c1e8b10")  # edge-agent record ids
 
 
@@ -147,18 +148,85 @@ def _factor_json(factor: Factor) -> dict[str, Any]:
     }
 
 
+def _use_json(carrier: str, unit: str, use: FactorUse, reported: bool) -> dict[str, Any]:
+    factor = use.factor
+    return {
+        "carrier": carrier,
+        "set": factor.set,
+        "reported": reported,
+        "value": factor.value,
+        "unit": factor.unit,
+        "source": factor.source,
+        "version": factor.version,
+        "primary": factor.primary,
+        "geography": factor.geography,
+        "reference_year": factor.reference_year,
+        "valid_from": _iso(factor.valid_from_ns) if factor.valid_from_ns is not None else None,
+        "valid_to": _iso(factor.valid_to_ns) if factor.valid_to_ns is not None else None,
+        "activity": _round(use.activity),
+        "activity_unit": unit,
+        "conversion": _round(factor.conversion),
+        "co2e_kg": _round(_use_co2e(use)),
+    }
+
+
+def _use_co2e(use: FactorUse) -> float:
+    return use.activity * use.factor.conversion * use.factor.value
+
+
+def reported_set(uses: Mapping[str, Sequence[FactorUse]], report_set: str) -> str:
+    """The set whose CO2e is the record's: ``auto`` takes market where there is one."""
+    if report_set in uses:
+        return report_set
+    if report_set == "auto" and "market" in uses:
+        return "market"
+    return "location" if "location" in uses else next(iter(uses))
+
+
 @dataclass(frozen=True, slots=True)
 class _CarrierTotal:
     carrier: str
     unit: str
     quantity: float
     measured: float
-    factor: Factor
     uncertainty: float  # bound, in ``unit``: the meters' bounds added (errors may align)
+    uses: Mapping[str, Sequence[FactorUse]]  # set -> the factors applied, over time
+    reported: str  # the set whose CO2e is reported
+
+    @property
+    def factor(self) -> Factor:
+        """The reported set's factor (the first, when a table changed during the order)."""
+        return self.uses[self.reported][0].factor
 
     @property
     def co2e(self) -> float:
-        return co2e_kg(self.quantity, self.factor)
+        return self.co2e_of(self.reported)
+
+    def co2e_of(self, name: str) -> float:
+        return math.fsum(_use_co2e(use) for use in self.uses[name])
+
+    @property
+    def primary_co2e(self) -> float:
+        """CO2e with measured activity and a primary factor (PACT primary data)."""
+        return math.fsum(
+            use.measured * use.factor.conversion * use.factor.value
+            for use in self.uses[self.reported]
+            if use.factor.primary
+        )
+
+    @property
+    def co2e_uncertainty(self) -> float:
+        return math.fsum(
+            use.uncertainty * use.factor.conversion * use.factor.value
+            for use in self.uses[self.reported]
+        )
+
+    @property
+    def measured_co2e(self) -> float:
+        return math.fsum(
+            use.measured * use.factor.conversion * use.factor.value
+            for use in self.uses[self.reported]
+        )
 
 
 def _carrier_totals(
@@ -166,6 +234,8 @@ def _carrier_totals(
     allocations: Sequence[MeterAllocation],
     factors: Mapping[str, Factor],
     default_carrier: str,
+    factor_uses: Mapping[str, Mapping[str, Sequence[FactorUse]]],
+    report_set: str,
 ) -> list[_CarrierTotal]:
     grouped: dict[str, list[MeterAllocation]] = {}
     for alloc in allocations:
@@ -177,14 +247,22 @@ def _carrier_totals(
         units = {alloc.unit for alloc in group}
         if len(units) > 1:
             raise ValueError(f"{carrier} meters of order {order_id} mix units {sorted(units)}")
+        quantity = math.fsum(alloc.orders[order_id].energy for alloc in group)
+        measured = math.fsum(alloc.orders[order_id].measured for alloc in group)
+        uncertainty = math.fsum(alloc.orders[order_id].uncertainty for alloc in group)
+        uses = factor_uses.get(carrier)
+        if uses is None:  # one constant factor over the whole order
+            factor = factors[carrier]
+            uses = {factor.set: [FactorUse(factor, quantity, measured, uncertainty)]}
         totals.append(
             _CarrierTotal(
                 carrier=carrier,
                 unit=units.pop() if units else "kWh",
-                quantity=math.fsum(alloc.orders[order_id].energy for alloc in group),
-                measured=math.fsum(alloc.orders[order_id].measured for alloc in group),
-                factor=factors[carrier],
-                uncertainty=math.fsum(alloc.orders[order_id].uncertainty for alloc in group),
+                quantity=quantity,
+                measured=measured,
+                uncertainty=uncertainty,
+                uses=uses,
+                reported=reported_set(uses, report_set),
             )
         )
     return totals
@@ -202,18 +280,27 @@ def _quality(totals: Sequence[_CarrierTotal], coverage: float) -> tuple[float, f
         only = totals[0]
         measured = _share(only.measured, only.quantity) if only.quantity > 0 else coverage
     elif co2e_total > 0:
-        measured = _share(math.fsum(t.measured * t.factor.value for t in totals), co2e_total)
+        measured = _share(math.fsum(t.measured_co2e for t in totals), co2e_total)
     else:
         quantity = math.fsum(t.quantity for t in totals)
         measured = (
             _share(math.fsum(t.measured for t in totals), quantity) if quantity > 0 else coverage
         )
     if co2e_total > 0:
-        primary_co2e = math.fsum(t.measured * t.factor.value for t in totals if t.factor.primary)
-        primary = _share(primary_co2e, co2e_total)
+        primary = _share(math.fsum(t.primary_co2e for t in totals), co2e_total)
     else:
         primary = measured if all(t.factor.primary for t in totals) else 0.0
     return measured, primary
+
+
+def _co2e_by_set(totals: Sequence[_CarrierTotal]) -> dict[str, float]:
+    """CO2e under each configured set; a carrier without a factor of a set counts with its
+    reported one (GHG Protocol: no market instrument -> the location-based figure)."""
+    names = sorted({name for total in totals for name in total.uses})
+    return {
+        name: _round(math.fsum(t.co2e_of(name) if name in t.uses else t.co2e for t in totals))
+        for name in names
+    }
 
 
 def build_order_record(
@@ -224,18 +311,35 @@ def build_order_record(
     *,
     revision: int,
     extra_flags: Sequence[Flag] = (),
+    factor_uses: Mapping[str, Mapping[str, Sequence[FactorUse]]] | None = None,
+    report_set: str = "auto",
+    shared: Sequence[tuple[MeterAllocation, Mapping[str, Any]]] = (),
 ) -> Record:
     """One order's record from its meters' allocations (direct energy of its equipment).
 
     ``carrier`` is the equipment's carrier, used for allocations that do not name their own;
     ``extra_flags`` carries the shell's events (``final_by_timeout``, event anomalies).
+    ``factor_uses``: per carrier and factor set, the factors applied to parts of the order
+    (time-varying tables, location and market side by side); a carrier missing from it takes
+    ``factors[carrier]`` over the whole order. ``report_set`` picks the set of ``co2e_kg``.
+    ``shared``: the order's part of each shared equipment serving its equipment, with how it
+    was allocated (edge_agent.sharing.shared_detail).
     """
     if revision < 1:
         raise ValueError(f"revision must be >= 1, got {revision}")
-    totals = _carrier_totals(facts.order_id, allocations, factors, carrier)
+    direct = list(allocations)
+    allocations = [*direct, *(alloc for alloc, _ in shared)]
+    totals = _carrier_totals(
+        facts.order_id, allocations, factors, carrier, factor_uses or {}, report_set
+    )
     co2e = math.fsum(t.co2e for t in totals)
     energy_kwh = math.fsum(t.quantity for t in totals if t.carrier == ELECTRICITY)
     uncertainty_kwh = math.fsum(t.uncertainty for t in totals if t.carrier == ELECTRICITY)
+    shared_kwh = math.fsum(
+        alloc.orders[facts.order_id].energy
+        for alloc, _ in shared
+        if (alloc.carrier or carrier) == ELECTRICITY
+    )
     coverage = min((alloc.coverage for alloc in allocations), default=0.0)
     measured_share, primary_share = _quality(totals, coverage)
 
@@ -249,6 +353,14 @@ def build_order_record(
             Flag("no_good_quantity", "quantity_good is 0 or missing: no per-unit intensity")
         )
     for total in totals:
+        if report_set in ("location", "market") and total.reported != report_set:
+            flags.append(
+                Flag(
+                    "report_set_fallback",
+                    f"{total.carrier} has no {report_set} factor: its {total.reported} "
+                    "factor is reported",
+                )
+            )
         if not total.factor.primary:
             flags.append(
                 Flag(
@@ -274,9 +386,11 @@ def build_order_record(
         "quantity_scrap": facts.quantity_scrap,
         "unit": facts.unit,
         "energy_kwh": _round(energy_kwh),
+        "energy_direct_kwh": _round(energy_kwh - shared_kwh),
+        "energy_shared_kwh": _round(shared_kwh),
         "uncertainty_kwh": _round(uncertainty_kwh),
         "co2e_kg": _round(co2e),
-        "co2e_uncertainty_kg": _round(math.fsum(t.uncertainty * t.factor.value for t in totals)),
+        "co2e_uncertainty_kg": _round(math.fsum(t.co2e_uncertainty for t in totals)),
         "co2e_kg_per_unit": _per_unit(co2e, facts.quantity_good),
         "kwh_per_unit": _per_unit(energy_kwh, facts.quantity_good),
         "measured_share": _round(measured_share),
@@ -289,12 +403,26 @@ def build_order_record(
                 "uncertainty": _round(total.uncertainty),
                 "unit": total.unit,
                 "co2e_kg": _round(total.co2e),
+                "set": total.reported,
                 "emission_factor": _factor_json(total.factor),
             }
             for total in totals
         ],
-        "meters": [_meter_json(alloc, facts.order_id) for alloc in allocations],
-        "states": _states([alloc.orders[facts.order_id].by_state for alloc in allocations]),
+        "co2e_by_set": _co2e_by_set(totals),
+        "factors": [
+            _use_json(total.carrier, total.unit, use, name == total.reported)
+            for total in totals
+            for name, uses in sorted(total.uses.items())
+            for use in uses
+        ],
+        "meters": [
+            *(_meter_json(alloc, facts.order_id) for alloc in direct),
+            *(
+                {**_meter_json(alloc, facts.order_id), "role": "shared", "allocation": dict(detail)}
+                for alloc, detail in shared
+            ),
+        ],
+        "states": _states([alloc.orders[facts.order_id].by_state for alloc in direct]),
         "emission_factors": {total.carrier: _factor_json(total.factor) for total in totals},
         "flags": [_flag(flag) for flag in _unique(flags)],
     }
@@ -327,14 +455,15 @@ def _common(values: Sequence[Any]) -> Any:
 
 def _lot_meters(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each meter once: energy and samples summed over the lot's steps, outermost readings."""
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     for order in ordered:
         for meter in order.get("meters", []):
-            key = (meter["meter_id"], meter["point"])
+            key = (meter["meter_id"], meter["point"], meter.get("role", "direct"))
             entry = merged.get(key)
             if entry is None:
                 merged[key] = copy.deepcopy(dict(meter))
                 merged[key].setdefault("flags", [])
+                merged[key].pop("allocation", None)  # per order: in the order records
                 continue
             entry["energy"] = _round(entry["energy"] + meter["energy"])
             entry["uncertainty"] = _round(entry["uncertainty"] + meter["uncertainty"])
@@ -354,6 +483,22 @@ def _lot_meters(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             for flag in meter.get("flags", []):
                 if flag not in entry["flags"]:
                     entry["flags"].append(flag)
+    return list(merged.values())
+
+
+def _lot_factors(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each factor once (same carrier, set, value, provenance and validity), activities and
+    CO2e summed over the lot's steps."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for order in ordered:
+        for use in order.get("factors", []):
+            key = tuple((k, v) for k, v in sorted(use.items()) if k not in ("activity", "co2e_kg"))
+            entry = merged.get(key)
+            if entry is None:
+                merged[key] = dict(use)
+                continue
+            entry["activity"] = _round(entry["activity"] + use["activity"])
+            entry["co2e_kg"] = _round(entry["co2e_kg"] + use["co2e_kg"])
     return list(merged.values())
 
 
@@ -415,6 +560,10 @@ def build_lot_record(
             entry["uncertainty"] = _round(entry["uncertainty"] + carrier["uncertainty"])
             entry["co2e_kg"] = _round(entry["co2e_kg"] + carrier["co2e_kg"])
             factors_used.setdefault(carrier["carrier"], carrier["emission_factor"])
+    by_set: dict[str, list[float]] = {}
+    for order in ordered:
+        for name, value in order.get("co2e_by_set", {}).items():
+            by_set.setdefault(name, []).append(value)
     flags: list[dict[str, Any]] = []
     for order in ordered:
         for flag in order.get("flags", []):
@@ -456,6 +605,10 @@ def build_lot_record(
         "quantity_scrap": _round(math.fsum(known_scrap)) if known_scrap else None,
         "unit": ordered[-1]["unit"] if ordered else "piece",
         "energy_kwh": _round(energy),
+        "energy_direct_kwh": _round(
+            math.fsum(o.get("energy_direct_kwh", o["energy_kwh"]) for o in ordered)
+        ),
+        "energy_shared_kwh": _round(math.fsum(o.get("energy_shared_kwh", 0.0) for o in ordered)),
         "uncertainty_kwh": _round(math.fsum(o.get("uncertainty_kwh", 0.0) for o in ordered)),
         "co2e_kg": _round(co2e),
         "co2e_uncertainty_kg": _round(
@@ -481,6 +634,8 @@ def build_lot_record(
             for o in ordered
         ],
         "carriers": list(carriers.values()),
+        "co2e_by_set": {name: _round(math.fsum(values)) for name, values in sorted(by_set.items())},
+        "factors": _lot_factors(ordered),
         "meters": _lot_meters(ordered),
         "states": _lot_states(ordered),
         "emission_factors": factors_used,

@@ -11,8 +11,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from edge_agent.config.factor_tables import load_factor_tables
 from edge_agent.config.models import (
-    CARRIER_UNITS,
     AgentConfig,
     EquipmentConfig,
     ModbusRtuMeter,
@@ -73,8 +73,11 @@ def parse_config(data: Any, base_dir: Path) -> AgentConfig:
         raise ConfigError(sorted(set(problems), key=problems.index)) from None
     config = _resolve_relative_paths(config, base_dir)
     problems = cross_check(config)
+    tables, table_problems = load_factor_tables(config)
+    problems += table_problems
     if problems:
         raise ConfigError(problems)
+    config.factor_tables.update(tables)
     return config
 
 
@@ -96,7 +99,16 @@ def _resolve_relative_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     if not store_path.is_absolute():
         store = config.store.model_copy(update={"path": base_dir / store_path})
         config = config.model_copy(update={"store": store})
-    return config
+    factors = {
+        carrier: [
+            f.model_copy(update={"table": base_dir / f.table})
+            if f.table is not None and not f.table.is_absolute()
+            else f
+            for f in listed
+        ]
+        for carrier, listed in config.emission_factors.items()
+    }
+    return config.model_copy(update={"emission_factors": factors})
 
 
 def cross_check(config: AgentConfig) -> list[str]:
@@ -115,6 +127,41 @@ def cross_check(config: AgentConfig) -> list[str]:
             )
     for index, item in enumerate(config.equipment):
         problems += _check_equipment(f"equipment[{index}]", item, meters, config)
+    problems += _duplicates(
+        "shared_equipment",
+        [item.id for item in config.shared_equipment],
+    )
+    equipment_ids = {item.id for item in config.equipment}
+    for index, shared in enumerate(config.shared_equipment):
+        path = f"shared_equipment[{index}]"
+        if shared.id in equipment_ids:
+            problems.append(f"{path}.id: {shared.id!r} is already an equipment id")
+        for served_index, served in enumerate(shared.serves):
+            if served not in equipment_ids:
+                problems.append(
+                    f"{path}.serves[{served_index}]: {served!r} is not a configured equipment "
+                    f"(known: {', '.join(sorted(equipment_ids)) or 'none'})"
+                )
+        as_equipment = EquipmentConfig(
+            id=shared.id, carrier=shared.carrier, meters=shared.meters,
+            max_power_kw=shared.max_power_kw,
+        )  # fmt: skip
+        problems += _check_equipment(path, as_equipment, meters, config)
+        for sub_index, ref in enumerate(shared.subtract):
+            if ref.meter not in meters:
+                problems.append(
+                    f"{path}.subtract[{sub_index}].meter: {ref.meter!r} is not a configured meter"
+                )
+    for carrier, factors in config.emission_factors.items():
+        units = config.carrier_units(carrier)
+        for index, factor in enumerate(factors):
+            per = factor.unit.partition("/")[2] if factor.unit.startswith("kgCO2e/") else ""
+            if not per or (units is not None and per not in units):
+                expected = ", ".join(f"kgCO2e/{unit}" for unit in units or ("<unit>",))
+                problems.append(
+                    f"emission_factors.{carrier}[{index}].unit: {factor.unit!r} is not a "
+                    f"factor unit of {carrier} (expected {expected})"
+                )
     for index, meter_id in enumerate(config.balance.exclude_meters):
         if meter_id not in meters:
             problems.append(
@@ -163,7 +210,7 @@ def _check_equipment(
             problems.append(f"{ref_path}: {exc.args[0]}")
             continue
         point = meter.points[point_name]
-        allowed = CARRIER_UNITS.get(item.carrier)
+        allowed = config.carrier_units(item.carrier)
         if point.role is PointRole.ENERGY and allowed and point.unit not in allowed:
             unit_family = "kWh, Wh, MWh" if "kWh" in allowed else ", ".join(allowed)
             if not (item.carrier == "electricity" and point.unit in ("Wh", "MWh")):

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -29,14 +30,26 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 ENERGY_UNITS_TO_KWH: dict[str, float] = {"Wh": 1e-3, "kWh": 1.0, "MWh": 1e3}
 VOLUME_UNITS = ("m3", "Nm3")
+MASS_UNITS = ("kg",)
+LIQUID_UNITS = ("L",)
 POWER_UNITS_TO_KW: dict[str, float] = {"W": 1e-3, "kW": 1.0, "MW": 1e3}
-COUNTER_UNITS = (*ENERGY_UNITS_TO_KWH, *VOLUME_UNITS)
+COUNTER_UNITS = (*ENERGY_UNITS_TO_KWH, *VOLUME_UNITS, *MASS_UNITS, *LIQUID_UNITS)
+# Energy carriers bought from outside the site (docs/carbon.md). Compressed air and steam made
+# on site are not carriers: their compressor or boiler is shared equipment whose own
+# electricity or gas is allocated to the orders it serves. Other carriers: `carriers:`.
 CARRIER_UNITS: dict[str, tuple[str, ...]] = {
     "electricity": ("kWh",),
+    "city_gas": VOLUME_UNITS,
     "natural_gas": VOLUME_UNITS,
-    "compressed_air": VOLUME_UNITS,
-    "steam": ("kWh", "MWh"),
+    "lpg": MASS_UNITS,
+    "steam": ("kWh", "MWh"),  # bought steam / district heat, in energy units
     "heat": ("kWh", "MWh"),
+}
+# Gas volumes: temperature (°C) and absolute pressure (kPa) of the named reference conditions.
+REFERENCE_CONDITIONS: dict[str, tuple[float, float]] = {
+    "normal": (0.0, 101.325),  # Nm3, 0 °C (Japan's city-gas factors, DIN 1343)
+    "standard": (15.0, 101.325),  # ISO 13443 / EU, 15 °C
+    "25C": (25.0, 101.325),
 }
 
 
@@ -102,6 +115,32 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GasConditions(StrictModel):
+    """Temperature and absolute pressure of a gas volume (metered or a factor's reference)."""
+
+    temperature_c: Annotated[float, Field(gt=-273.15, le=200)]
+    pressure_kpa: Annotated[float, Field(gt=0, le=10_000)]
+
+    @property
+    def kelvin(self) -> float:
+        return self.temperature_c + 273.15
+
+
+def _named_conditions(value: Any) -> Any:
+    """``normal``, ``standard`` or ``25C`` as a shorthand for the conditions they name."""
+    if isinstance(value, str):
+        if value not in REFERENCE_CONDITIONS:
+            raise invalid(
+                "{value!r} is not a named reference condition (expected one of {known}, or "
+                "{{temperature_c: …, pressure_kpa: …}})",
+                value=value,
+                known=", ".join(REFERENCE_CONDITIONS),
+            )
+        temperature, pressure = REFERENCE_CONDITIONS[value]
+        return {"temperature_c": temperature, "pressure_kpa": pressure}
+    return value
+
+
 class PointBase(StrictModel):
     """What every meter point has, whatever the protocol."""
 
@@ -114,6 +153,11 @@ class PointBase(StrictModel):
     # Counter points: the value (in ``unit``, after scale) at which the counter wraps to 0.
     # Integer registers default to their data type's range times ``scale``.
     counter_modulus: PositiveFloat | None = None
+    # Gas counters in m3: the temperature and pressure the meter measures at (a meter without
+    # temperature correction: the gas line's). Converted to the factor's reference conditions.
+    metering_conditions: GasConditions | None = None
+
+    _named = field_validator("metering_conditions", mode="before")(_named_conditions)
 
     @model_validator(mode="after")
     def _unit_fits_role(self) -> PointBase:
@@ -422,6 +466,43 @@ class EquipmentConfig(StrictModel):
         return value
 
 
+class SharedEquipmentConfig(StrictModel):
+    """Equipment whose energy no single order draws (compressor, HVAC, lighting, a line's main
+    meter): allocated, interval by interval, to the orders active on the equipment it serves."""
+
+    id: Identifier
+    name: str = ""
+    carrier: Identifier = "electricity"
+    meters: list[MeterRef] = Field(min_length=1)
+    # Sub-meters measured again by ``meters`` (a main meter): their energy is subtracted and the
+    # remainder is the shared load (never below zero; flagged when they exceed the main).
+    subtract: list[MeterRef] = Field(default_factory=list)
+    serves: list[Identifier] = Field(min_length=1)  # equipment ids
+    key: Literal["running_time", "direct_energy", "quantity", "equal"] = "running_time"
+    # Allocation intervals, aligned to UTC; a divisor of a day.
+    interval_s: Annotated[int, Field(ge=1, le=86400)] = 60
+    max_power_kw: PositiveFloat = 1e6
+
+    _shorthand = field_validator("meters", "subtract", mode="before")(
+        lambda value: (
+            [{"meter": i} if isinstance(i, str) else i for i in value]
+            if isinstance(value, list)
+            else value
+        )
+    )
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_a_day(cls, value: int) -> int:
+        if 86400 % value:
+            raise invalid(
+                "{value} does not divide a day (86400 s): intervals are aligned to UTC "
+                "midnight; use e.g. 60, 300 or 900",
+                value=value,
+            )
+        return value
+
+
 # The levels each topic template may use (a balance or status message covers the whole site).
 TOPIC_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "mes_topic": ("prefix", "site"),
@@ -558,15 +639,44 @@ class BalanceConfig(StrictModel):
         return value
 
 
+FactorSet = Literal["location", "market"]
+
+
 class EmissionFactor(StrictModel):
-    value: Annotated[float, Field(ge=0)]
+    """kg CO2e per carrier unit: a constant ``value`` or a ``table`` of validity intervals."""
+
+    value: Annotated[float, Field(ge=0)] | None = None
+    # CSV (relative to the configuration file): valid_from,valid_to,value — RFC 3339 instants
+    # with an offset, half-open [valid_from, valid_to); e.g. an hourly grid intensity.
+    table: Path | None = None
     unit: str  # kgCO2e per carrier unit, e.g. "kgCO2e/kWh"
     source: str = Field(min_length=1)
     version: str = Field(min_length=1)
     # Supplier- or contract-specific factor (PACT "primary"); a grid average is not.
     primary: bool = False
-    # Gas factors are defined per m3 at reference conditions; a metered volume is converted.
-    reference_conditions: str | None = None
+    # GHG Protocol Scope 2: "location" (grid average) or "market" (contracts, certificates,
+    # supplier-specific, residual mix). Both can be configured side by side (a list).
+    set: FactorSet = "location"
+    # Where and when the factor's data come from (PACT data-quality ratings): an ISO 3166
+    # country or subdivision code (JP, JP-27) or GLOBAL, and the year it describes.
+    geography: Annotated[str, Field(pattern=r"^([A-Z]{2}(-[A-Z0-9]{1,3})?|GLOBAL)$")] | None = None
+    reference_year: Annotated[int, Field(ge=1990, le=2100)] | None = None
+    # Gas factors are per m3 at reference conditions; a metered volume is converted to them.
+    reference_conditions: GasConditions | None = None
+
+    _named = field_validator("reference_conditions", mode="before")(_named_conditions)
+
+    @model_validator(mode="after")
+    def _value_or_table(self) -> EmissionFactor:
+        if (self.value is None) == (self.table is None):
+            raise invalid("give either 'value' (a constant) or 'table' (a CSV file), not both")
+        return self
+
+
+class CarrierConfig(StrictModel):
+    """A carrier the built-in list lacks: its counters' units (e.g. kerosene in L)."""
+
+    units: list[Annotated[str, Field(min_length=1, max_length=16)]] = Field(min_length=1)
 
 
 class HealthConfig(StrictModel):
@@ -588,6 +698,7 @@ class AgentConfig(StrictModel):
     site: SiteConfig
     meters: list[MeterConfig] = Field(min_length=1)
     equipment: list[EquipmentConfig] = Field(default_factory=list)
+    shared_equipment: list[SharedEquipmentConfig] = Field(default_factory=list)
     opcua_endpoints: list[OpcUaEndpoint] = Field(default_factory=list)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     mes: MesConfig = Field(default_factory=MesConfig)
@@ -595,13 +706,64 @@ class AgentConfig(StrictModel):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
-    emission_factors: dict[Identifier, EmissionFactor] = Field(default_factory=dict)
+    # Per carrier: one factor, or a list with one per set (location and market side by side).
+    emission_factors: dict[Identifier, list[EmissionFactor]] = Field(default_factory=dict)
+    # Which set's CO2e is a record's co2e_kg (the other is in co2e_by_set). Default: market
+    # where a carrier has a market factor, else location (GHG Protocol Scope 2 dual reporting).
+    report_set: FactorSet | Literal["auto"] = "auto"
+    carriers: dict[Identifier, CarrierConfig] = Field(default_factory=dict)
+    # The factor tables' rows (path -> (valid_from_ns, valid_to_ns, value)...), read by the
+    # loader (edge_agent.config.factor_tables); not a configuration key.
+    _factor_tables: dict[Path, tuple[tuple[int, int, float], ...]] = PrivateAttr(
+        default_factory=dict
+    )
+
+    @property
+    def factor_tables(self) -> dict[Path, tuple[tuple[int, int, float], ...]]:
+        return self._factor_tables
+
+    @field_validator("emission_factors", mode="before")
+    @classmethod
+    def _one_or_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        return value
+
+    @field_validator("emission_factors")
+    @classmethod
+    def _one_per_set(
+        cls, value: dict[str, list[EmissionFactor]]
+    ) -> dict[str, list[EmissionFactor]]:
+        for carrier, factors in value.items():
+            if not factors:
+                raise invalid(
+                    "{carrier}: an empty list (give at least one factor)", carrier=carrier
+                )
+            sets = [factor.set for factor in factors]
+            for name in set(sets):
+                if sets.count(name) > 1:
+                    raise invalid(
+                        "{carrier}: {count} factors of set {name!r} (one per set: location, "
+                        "market)",
+                        carrier=carrier,
+                        count=sets.count(name),
+                        name=name,
+                    )
+        return value
+
+    def carrier_units(self, carrier: str) -> tuple[str, ...] | None:
+        extra = self.carriers.get(carrier)
+        return tuple(extra.units) if extra is not None else CARRIER_UNITS.get(carrier)
 
     def meter(self, meter_id: str) -> ModbusTcpMeter | ModbusRtuMeter | OpcUaMeter:
         for meter in self.meters:
             if meter.id == meter_id:
                 return meter
         raise KeyError(meter_id)
+
+    def sharing(self, equipment_id: str) -> list[SharedEquipmentConfig]:
+        """The shared equipment that serves this equipment."""
+        return [item for item in self.shared_equipment if equipment_id in item.serves]
 
     def equipment_by_id(self, equipment_id: str) -> EquipmentConfig:
         for item in self.equipment:

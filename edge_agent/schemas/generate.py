@@ -155,8 +155,7 @@ def config_schema() -> dict[str, Any]:
                 }
             },
         }
-    equipment_meters = defs["EquipmentConfig"]["properties"]["meters"]
-    equipment_meters["items"] = {
+    meter_ref = {
         "anyOf": [
             {
                 "type": "string",
@@ -166,6 +165,30 @@ def config_schema() -> dict[str, Any]:
             {"$ref": "#/$defs/MeterRef"},
         ]
     }
+    defs["EquipmentConfig"]["properties"]["meters"]["items"] = meter_ref
+    for key in ("meters", "subtract"):
+        defs["SharedEquipmentConfig"]["properties"][key]["items"] = meter_ref
+    # One factor, or a list with one per set (a before-validator makes a list of one).
+    factors = generated["properties"]["emission_factors"]
+    listed = factors["additionalProperties"]
+    factors["additionalProperties"] = {"anyOf": [listed["items"], listed]}
+    named = {
+        "type": "string",
+        "enum": list(models.REFERENCE_CONDITIONS),
+        "description": "Named conditions: "
+        + ", ".join(
+            f"{name} = {t:g} °C, {p:g} kPa" for name, (t, p) in models.REFERENCE_CONDITIONS.items()
+        ),
+    }
+    for owner, key in (
+        ("EmissionFactor", "reference_conditions"),
+        ("PointBase", "metering_conditions"),
+        ("ModbusPoint", "metering_conditions"),
+        ("OpcUaPoint", "metering_conditions"),
+    ):
+        prop = defs.get(owner, {}).get("properties", {}).get(key)
+        if prop is not None:
+            prop["anyOf"] = [named, *prop["anyOf"]]
     for name in ("MqttConfig", "OpcUaEndpoint"):
         defs[name]["not"] = {
             "description": "password_env and password_file: give one, not both",

@@ -144,7 +144,7 @@ def test_shorthands_the_loader_accepts_are_valid() -> None:
             {"id": "e1", "meters": ["m1", {"meter": "m2", "point": "energy"}], "max_power_kw": 5}
         ],
         "emission_factors": {
-            "electricity": {"value": 0.4, "unit": "u", "source": "s", "version": "1"}
+            "electricity": {"value": 0.4, "unit": "kgCO2e/kWh", "source": "s", "version": "1"}
         },
     }
     assert config_errors(data) == []

@@ -183,8 +183,8 @@ def test_demo_plant_config_validates(tmp_path: Path) -> None:
         assert points["state"].address == STATE_REGISTER  # type: ignore[union-attr]
     assert [e.line for e in config.equipment] == ["enclosure-line"] * 5
     assert config.mqtt.port == 18830
-    assert config.emission_factors["electricity"].unit == "kgCO2e/kWh"
-    assert 0.4 < config.emission_factors["electricity"].value < 0.5
+    assert config.emission_factors["electricity"][0].unit == "kgCO2e/kWh"
+    assert 0.4 < config.emission_factors["electricity"][0].value < 0.5
     assert load_config(write_config(raw, tmp_path / "plant.yaml")) == config
 
 

@@ -1,0 +1,148 @@
+"""Shared equipment (the plant's bill of equipment): a compressor, HVAC, lighting, a line's main
+meter — energy no single order draws, allocated to the orders it served (pure).
+
+The shared energy is cut into allocation intervals aligned to UTC (``interval_s``, e.g. a
+minute). In each interval its energy goes to the orders active then on the equipment it
+serves, in proportion to a key:
+
+* ``running_time``: the seconds each order occupied its equipment within the interval;
+* ``direct_energy``: each order's own (direct) energy within the interval;
+* ``quantity``: each order's good quantity, spread evenly over its occupied time;
+* ``equal``: one share per active order.
+
+An interval without any weight (no order active, or all weights zero) is ``unallocated``. The
+orders' parts and the unallocated part add up to the shared energy exactly, interval by
+interval, so the allocation can be recomputed by hand from the intervals a record lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_agent.attribution.model import Interval
+
+__all__ = [
+    "ServedOrder",
+    "SharedAllocation",
+    "SharedInterval",
+    "SharingKey",
+    "allocate_shared",
+    "allocation_intervals",
+    "overlap_ns",
+]
+
+SharingKey = Literal["running_time", "direct_energy", "quantity", "equal"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedOrder:
+    """An order on an equipment the shared equipment serves."""
+
+    order_id: str
+    intervals: tuple[Interval, ...]  # occupied time, pauses removed
+    quantity_good: float | None = None
+    # Allocation interval start (ns) -> the order's direct energy in it (key direct_energy).
+    direct: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedInterval:
+    """One allocation interval: the shared energy and how it was split."""
+
+    interval: Interval
+    energy: float
+    measured: float
+    weights: Mapping[str, float]  # order id -> weight (only orders with a weight > 0)
+
+    @property
+    def total_weight(self) -> float:
+        return math.fsum(self.weights.values())
+
+    def share_of(self, order_id: str) -> float:
+        weight = self.weights.get(order_id, 0.0)
+        return self.energy * weight / self.total_weight if weight > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAllocation:
+    key: SharingKey
+    intervals: tuple[SharedInterval, ...]
+    orders: Mapping[str, float]  # order id -> allocated energy
+    measured: Mapping[str, float]  # order id -> the measured part of it
+    unallocated: float
+    total: float
+
+    def intervals_of(self, order_id: str) -> list[SharedInterval]:
+        return [i for i in self.intervals if order_id in i.weights]
+
+
+def allocation_intervals(window: Interval, interval_ns: int) -> list[Interval]:
+    """``window`` cut at every multiple of ``interval_ns`` since the epoch (UTC-aligned)."""
+    if interval_ns <= 0:
+        raise ValueError(f"interval_ns must be > 0, got {interval_ns}")
+    out = []
+    start = window.start_ns
+    while start < window.end_ns:
+        end = min(window.end_ns, (start // interval_ns + 1) * interval_ns)
+        out.append(Interval(start, end))
+        start = end
+    return out
+
+
+def overlap_ns(intervals: Sequence[Interval], window: Interval) -> int:
+    return sum(
+        max(0, min(i.end_ns, window.end_ns) - max(i.start_ns, window.start_ns)) for i in intervals
+    )
+
+
+def _weight(order: ServedOrder, interval: Interval, key: SharingKey) -> float:
+    inside = overlap_ns(order.intervals, interval)
+    if inside <= 0:
+        return 0.0
+    if key == "running_time":
+        return inside / 1e9
+    if key == "equal":
+        return 1.0
+    if key == "quantity":
+        occupied = sum(i.end_ns - i.start_ns for i in order.intervals)
+        quantity = order.quantity_good or 0.0
+        return quantity * inside / occupied if occupied > 0 else 0.0
+    return max(0.0, order.direct.get(interval.start_ns, 0.0))
+
+
+def allocate_shared(
+    energies: Sequence[tuple[Interval, float, float]],
+    orders: Sequence[ServedOrder],
+    key: SharingKey,
+) -> SharedAllocation:
+    """``energies``: per allocation interval, (interval, shared energy, measured part)."""
+    allocated: dict[str, list[float]] = {order.order_id: [] for order in orders}
+    measured: dict[str, list[float]] = {order.order_id: [] for order in orders}
+    unallocated: list[float] = []
+    slices = []
+    for interval, energy, measured_part in energies:
+        weights = {
+            order.order_id: weight
+            for order in orders
+            if (weight := _weight(order, interval, key)) > 0
+        }
+        slices.append(SharedInterval(interval, energy, measured_part, weights))
+        total_weight = math.fsum(weights.values())
+        if total_weight <= 0:
+            unallocated.append(energy)
+            continue
+        for order_id, weight in weights.items():
+            allocated[order_id].append(energy * weight / total_weight)
+            measured[order_id].append(measured_part * weight / total_weight)
+    orders_energy = {order_id: math.fsum(parts) for order_id, parts in allocated.items()}
+    return SharedAllocation(
+        key=key,
+        intervals=tuple(slices),
+        orders=orders_energy,
+        measured={order_id: math.fsum(parts) for order_id, parts in measured.items()},
+        unallocated=math.fsum(unallocated),
+        total=math.fsum(energy for _, energy, _ in energies),
+    )
