@@ -119,7 +119,12 @@ class Agent:
         )
         if config.balance.enabled:  # before resume: resumed orders may change balances
             self.balances = BalanceKeeper(
-                config, store, self.clock, self.engine.timelines_overlapping, self.publisher.notify
+                config,
+                store,
+                self.clock,
+                self.engine.timelines_overlapping,
+                self.publisher.notify,
+                shared_inputs=self.engine.shared_inputs,
             )
             self.engine.order_listener = self.balances.order_changed
             await self.balances.start()

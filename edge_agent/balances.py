@@ -50,11 +50,17 @@ from edge_agent.config import (
     attributed_point_name,
     shaping_power_point,
 )
-from edge_agent.config.models import DerivedState, MeterRef, StateSource
+from edge_agent.config.models import (
+    DerivedState,
+    MeterRef,
+    SharedEquipmentConfig,
+    StateSource,
+)
 from edge_agent.domain import NS_PER_S, PointRole, Sample, iso_from_ns, ns_from_iso
 from edge_agent.engine import _READING_MARGIN_NS
 from edge_agent.mes.timeline import OrderTimeline
 from edge_agent.publish.topics import balance_topic
+from edge_agent.sharing import SharedInputs, allocate_shared_inputs, shared_points
 from edge_agent.store import BalancePeriod, OutboxRecord, Store
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,11 @@ log = logging.getLogger(__name__)
 # (equipment id, from, to) -> the orders that occupied the equipment in [from, to), replayed
 # now (a running order occupies it until now): OrderEngine.timelines_overlapping.
 Timelines = Callable[[str, int, int], Awaitable[list[OrderTimeline]]]
+# (shared equipment, from, to, agent down-times) -> what allocating it needs:
+# OrderEngine.shared_inputs.
+SharedLoader = Callable[
+    [SharedEquipmentConfig, int, int, Sequence[tuple[int, int]]], Awaitable[SharedInputs]
+]
 
 _STATE_FIRST_PERIOD = "balance/first_period_start_ns"
 # Never wait longer than this between two looks at the clock (a wall-clock step, a lost kick).
@@ -76,6 +87,7 @@ class MeterLine:
     meter_id: str
     point: str
     equipment: EquipmentConfig | None
+    shared: SharedEquipmentConfig | None = None  # a shared equipment's line (its first meter)
 
 
 def balance_lines(config: AgentConfig) -> list[MeterLine]:
@@ -92,6 +104,10 @@ def balance_lines(config: AgentConfig) -> list[MeterLine]:
             used.add(meter.id)
         if equipment.state is not None:
             used.add(equipment.state.meter)
+    for shared in config.shared_equipment:
+        points = shared_points(config, shared.meters)
+        lines.append(MeterLine(points[0][0], points[0][1], None, shared))
+        used.update(meter_id for meter_id, _ in points)
     excluded = set(config.balance.exclude_meters)
     for meter in config.meters:
         if meter.id in used or meter.id in excluded or not meter.enabled:
@@ -156,8 +172,10 @@ class BalanceKeeper:
         clock: Clock,
         timelines: Timelines,
         on_record: Callable[[], None],
+        shared_inputs: SharedLoader | None = None,
     ) -> None:
         self._config = config
+        self._shared_inputs = shared_inputs
         self._store = store
         self._clock = clock
         self._timelines = timelines
@@ -354,6 +372,9 @@ class BalanceKeeper:
             period.start_ns - _READING_MARGIN_NS, period.end_ns + _READING_MARGIN_NS
         )
         for line in self._lines:
+            if line.shared is not None and self._shared_inputs is not None:
+                lines.append(await self._shared_line(line.shared, period, outages))
+                continue
             served = line.equipment
             equipment = served or _meter_alone(line.meter_id, line.point)
             samples, power = await self._readings(line.meter_id, line.point, period)
@@ -379,6 +400,25 @@ class BalanceKeeper:
             self._config.site.id, period, lines, orders, revision=revision
         )
         return record, json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+
+    async def _shared_line(
+        self,
+        shared: SharedEquipmentConfig,
+        period: Interval,
+        outages: Sequence[tuple[int, int]],
+    ) -> BalanceLine:
+        """A shared equipment over the period, allocated as the order records allocate it
+        (the period is made of whole allocation intervals)."""
+        assert self._shared_inputs is not None
+        inputs = await self._shared_inputs(shared, period.start_ns, period.end_ns, outages)
+        result = await asyncio.to_thread(allocate_shared_inputs, self._config, inputs, period)
+        return BalanceLine(
+            result.meter,
+            None,
+            shared.carrier,
+            shared=result.allocation,
+            shared_equipment_id=shared.id,
+        )
 
     async def _readings(
         self, meter_id: str, point: str, period: Interval

@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: run | check [--probe] | lots."""
+"""The ``edge-agent`` command: run | check [--probe] | lots | export."""
 
 from __future__ import annotations
 
@@ -96,20 +96,44 @@ def _parser() -> argparse.ArgumentParser:
     from edge_agent.export import FORMATS, KINDS, parse_time  # noqa: PLC0415
 
     export = commands.add_parser(
-        "export", help="write the stored records of a period as CSV or JSON Lines"
+        "export",
+        help="write the stored records of a period as CSV or JSON Lines, or footprints "
+        "(PACT 3.0, PACT 2.3, Green x Digital) as a JSON array",
     )
     export.add_argument("-c", "--config", required=True, help="YAML configuration file")
-    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="csv, jsonl: records; pact-v3, pact-v2, gxd: footprints of lots (docs/carbon.md)",
+    )
     export.add_argument(
         "--from",
         dest="from_ns",
         type=parse_time,
         metavar="ISO",
-        help="records created at or after this time: 2026-01-31 (midnight UTC) or "
-        "2026-01-31T08:00:00+09:00",
+        help="records created at or after this time (footprints: lots that ended at or after "
+        "it): 2026-01-31 (midnight UTC) or 2026-01-31T08:00:00+09:00",
     )
     export.add_argument(
-        "--to", dest="to_ns", type=parse_time, metavar="ISO", help="records created before this"
+        "--to",
+        dest="to_ns",
+        type=parse_time,
+        metavar="ISO",
+        help="records created before this (footprints: lots that ended before it)",
+    )
+    subject = export.add_mutually_exclusive_group()
+    subject.add_argument("--lot", metavar="LOT_ID", help="footprints: this lot only")
+    subject.add_argument(
+        "--product",
+        metavar="PRODUCT_ID",
+        help="footprints: one footprint of this product over --from .. --to",
+    )
+    export.add_argument(
+        "--footprint-config",
+        metavar="PATH",
+        help="footprints: a YAML file with the footprint section's keys (instead of the "
+        "configuration's footprint section)",
     )
     export.add_argument("--kind", choices=KINDS, help="only records of this kind")
     export.add_argument(
@@ -373,8 +397,38 @@ async def _lots(config: AgentConfig, limit: int, as_json: bool) -> int:
 
 
 def _export(config: AgentConfig, args: argparse.Namespace) -> int:
-    from edge_agent.export import export  # noqa: PLC0415
+    from edge_agent.export import (  # noqa: PLC0415
+        EXIT_USAGE,
+        FOOTPRINT_FORMATS,
+        export,
+        export_footprints,
+        usage_error,
+    )
 
+    if args.format in FOOTPRINT_FORMATS:
+        return export_footprints(
+            config.store.path,
+            fmt=args.format,
+            site=config.site,
+            # The configuration's footprint section, once AgentConfig has one.
+            footprint=getattr(config, "footprint", None),
+            footprint_file=args.footprint_config,
+            from_ns=args.from_ns,
+            to_ns=args.to_ns,
+            lot_id=args.lot,
+            product_id=args.product,
+            kind=args.kind,
+            all_revisions=args.all_revisions,
+            output=args.output,
+        )
+    for option, value in (
+        ("--lot", args.lot),
+        ("--product", args.product),
+        ("--footprint-config", args.footprint_config),
+    ):
+        if value is not None:
+            usage_error(f"argument {option}: only for footprints (--format pact-v3|pact-v2|gxd)")
+            return EXIT_USAGE
     return export(
         config.store.path,
         fmt=args.format,

@@ -32,6 +32,7 @@ from edge_agent.attribution.model import (
     SplitRule,
 )
 from edge_agent.attribution.records import _flag, _reading, _round, _unique, record_id
+from edge_agent.attribution.shared import SharedAllocation
 from edge_agent.domain import iso_from_ns
 
 BALANCE_SCHEMA_VERSION = "1.0"
@@ -51,6 +52,10 @@ class BalanceLine:
     allocation: MeterAllocation
     equipment_id: str | None
     carrier: str | None  # None: not known (a meter of no equipment that does not count kWh)
+    # A shared equipment's line: its energy (main meters minus sub-meters) as allocated to
+    # the orders of the equipment it serves; what no order received is unallocated.
+    shared: SharedAllocation | None = None
+    shared_equipment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,19 @@ def span_fingerprint(
 
 def _numbers(line: BalanceLine) -> _LineNumbers:
     alloc = line.allocation
+    if line.shared is not None:
+        shared = line.shared
+        orders = {order_id: e for order_id, e in shared.orders.items() if e > 0}
+        return _LineNumbers(
+            metered=shared.total,
+            to_orders=math.fsum(orders.values()),
+            idle=0.0,
+            unallocated=shared.unallocated,
+            uncertainty=alloc.uncertainty,
+            measured=math.fsum(shared.measured.values())
+            + math.fsum(i.measured for i in shared.intervals if not i.weights),
+            orders=orders,
+        )
     if line.equipment_id is None:
         # No equipment, hence no order and no notion of idle: everything is unallocated.
         return _LineNumbers(
@@ -159,6 +177,7 @@ def _line_json(line: BalanceLine, numbers: _LineNumbers) -> dict[str, Any]:
         "meter_id": alloc.meter_id,
         "point": alloc.point,
         "equipment_id": line.equipment_id,
+        "shared_equipment_id": line.shared_equipment_id,
         "carrier": line.carrier,
         "unit": alloc.unit,
         "method": alloc.method,

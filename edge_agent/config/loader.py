@@ -142,6 +142,11 @@ def cross_check(config: AgentConfig) -> list[str]:
                     f"{path}.serves[{served_index}]: {served!r} is not a configured equipment "
                     f"(known: {', '.join(sorted(equipment_ids)) or 'none'})"
                 )
+        if config.balance.period_s % shared.interval_s:
+            problems.append(
+                f"{path}.interval_s: {shared.interval_s} does not divide balance.period_s "
+                f"({config.balance.period_s}): balances must split whole intervals"
+            )
         as_equipment = EquipmentConfig(
             id=shared.id, carrier=shared.carrier, meters=shared.meters,
             max_power_kw=shared.max_power_kw,

@@ -103,6 +103,8 @@ class FootprintInfo:
     site_subdivision: str | None = None  # ISO 3166-2, more specific than the country
     company_domain: str | None = None  # for urn:pact:<domain>:... product and batch ids
     products: Mapping[str, ProductInfo] = field(default_factory=dict)
-    declared_units: Mapping[str, DeclaredUnit] = DEFAULT_DECLARED_UNITS
+    declared_units: Mapping[str, DeclaredUnit] = field(
+        default_factory=lambda: DEFAULT_DECLARED_UNITS
+    )
     ipcc_characterization_factors: tuple[str, ...] = ("AR6",)
     cross_sectoral_standards: tuple[str, ...] = ("GHGP-Product", "PACT-3.0")

@@ -207,11 +207,10 @@ def _weights(inputs: Sequence[RatedInput]) -> list[Decimal]:
         raise FootprintError(
             "no emission factor in the records: the data-quality ratings need at least one"
         )
-    for weight_of in (
-        lambda item: item.factor.co2e_kg,
-        lambda item: item.factor.activity,
+    for weights in (
+        [max(item.factor.co2e_kg, Decimal(0)) for item in inputs],
+        [max(item.factor.activity, Decimal(0)) for item in inputs],
     ):
-        weights = [max(weight_of(item), Decimal(0)) for item in inputs]
         if sum(weights) > 0:
             return weights
     return [Decimal(1)] * len(inputs)

@@ -1,8 +1,9 @@
 """JSON Schemas of what edge-agent reads and publishes (draft 2020-12).
 
 ``config.schema.json`` and ``mes-event.schema.json`` are generated from the code by
-``python -m edge_agent.schemas.generate``; ``lot-record`` and ``energy-balance`` are written by
-hand. :func:`schema_path` finds a shipped file.
+``python -m edge_agent.schemas.generate``; ``lot-record``, ``energy-balance`` and
+``footprint-steps`` (the data block of the footprints' per-step extension, docs/carbon.md) are
+written by hand. :func:`schema_path` finds a shipped file.
 """
 
 from __future__ import annotations

@@ -919,6 +919,40 @@ class Store:
             query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox {where} ORDER BY created_ns, seq"
         return [_outbox(row) for row in await self._all(query, params)]
 
+    async def lot_record_revisions(
+        self, *, lot_id: str | None = None, created_from_ns: int | None = None
+    ) -> list[OutboxRow]:
+        """Every stored revision of lot summaries (of one lot, or created at or after
+        ``created_from_ns``), by record then revision (for footprints: the latest revision
+        and the ids of the earlier ones)."""
+        conditions: list[str] = ["kind = 'lot'"]
+        params: list[Any] = []
+        if lot_id is not None:
+            conditions.append("lot_id = ?")
+            params.append(lot_id)
+        if created_from_ns is not None:
+            conditions.append("created_ns >= ?")
+            params.append(created_from_ns)
+        query = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE {' AND '.join(conditions)} "
+            "ORDER BY record_id, revision"
+        )
+        return [_outbox(row) for row in await self._all(query, params)]
+
+    async def record_revisions(self, record_ids: Sequence[str]) -> list[OutboxRow]:
+        """Every stored revision of these records, by record then revision."""
+        rows: list[OutboxRow] = []
+        unique = sorted(set(record_ids))
+        for chunk_start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+            chunk = unique[chunk_start : chunk_start + 500]
+            marks = ", ".join("?" * len(chunk))
+            query = (
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE record_id IN ({marks}) "
+                "ORDER BY record_id, revision"
+            )
+            rows.extend(_outbox(row) for row in await self._all(query, chunk))
+        return rows
+
     # -- energy balances -------------------------------------------------------------------
 
     async def balance_periods(self, from_ns: int, to_ns: int) -> list[BalancePeriod]:

@@ -1,0 +1,185 @@
+"""The enclosure lot of DESIGN §1, from meter readings (issue 10): five steps on their own
+Modbus meters, one shared air compressor serving all five (allocated by running time, minute-
+like intervals of 1 s here), and a time-varying grid factor that changes while the lot runs.
+
+Every number is checked against a computation by hand from the simulator's ground truth (the
+machines' exact energy) and the factor table: each step's direct and shared kWh, its CO2e, the
+lot's total; and each record's allocation can be recomputed from the intervals it lists.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import parse_config
+from edge_agent.domain import NS_PER_S, iso_from_ns, ns_from_iso
+from simulators.broker import LocalMosquitto
+from simulators.demo import PlantHarness
+from simulators.mes import LotPlan, TrueOrder
+from simulators.plant import ENCLOSURE_LINE, write_config
+from tests.integration.test_end_to_end import validate
+
+BEFORE, AFTER = 0.5, 0.3  # kg CO2e/kWh before and after the factor change
+INTERVAL_S = 1
+# Energy per order is read on event (±0.5 % in the end-to-end tests); the shared part also
+# depends on where the compressor's counter was read around each interval edge.
+TOLERANCE = 0.02
+
+
+def _energy(machine: Any, intervals: list[tuple[int, int]]) -> float:
+    return math.fsum(machine.energy_kwh_at(b) - machine.energy_kwh_at(a) for a, b in intervals)
+
+
+def _clip(intervals: list[tuple[int, int]], a: int, b: int) -> list[tuple[int, int]]:
+    return [(max(s, a), min(e, b)) for s, e in intervals if min(e, b) > max(s, a)]
+
+
+def _hand_shared(
+    truth: list[TrueOrder], compressor: Any, start_ns: int, end_ns: int
+) -> dict[str, tuple[float, float]]:
+    """Per order: (shared kWh before the factor change, after it), by running time in whole
+    1 s intervals, from the compressor's true energy."""
+    step = INTERVAL_S * NS_PER_S
+    out = {order.order_id: [0.0, 0.0] for order in truth}
+    t = start_ns // step * step
+    while t < end_ns:
+        weights = {
+            order.order_id: sum(e - s for s, e in _clip(order.occupied, t, t + step))
+            for order in truth
+        }
+        total = sum(weights.values())
+        energy = compressor.energy_kwh_at(t + step) - compressor.energy_kwh_at(t)
+        for order_id, weight in weights.items():
+            if weight and total:
+                out[order_id][0 if t < CHANGE_AT[0] else 1] += energy * weight / total
+        t += step
+    return {key: (value[0], value[1]) for key, value in out.items()}
+
+
+CHANGE_AT = [0]  # set by the test: when the factor changes (ns)
+
+
+async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
+    mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
+    now = time.time_ns()
+    CHANGE_AT[0] = (now // NS_PER_S + 12) * NS_PER_S  # mid-lot: about the third step
+    table = tmp_path / "grid.csv"
+    table.write_text(
+        "valid_from,valid_to,value\n"
+        f"{iso_from_ns(now - 3600 * NS_PER_S)},{iso_from_ns(CHANGE_AT[0])},{BEFORE}\n"
+        f"{iso_from_ns(CHANGE_AT[0])},{iso_from_ns(now + 3600 * NS_PER_S)},{AFTER}\n"
+    )
+    harness = PlantHarness(tmp_path, mosquitto.host, mosquitto.port)
+    compressor = harness.plant.add_meter(
+        "m-compressor", "air-compressor", state="running", seed=11, initial_kwh=40.0
+    )
+    meter = dict(harness.raw_config["meters"][0])
+    meter.update(id="m-compressor", port=compressor.port)
+    meter.pop("points", None)
+    harness.raw_config["meters"].append(meter)
+    harness.raw_config["shared_equipment"] = [
+        {
+            "id": "air-compressor",
+            "name": "Air compressor (0.7 MPa line)",
+            "meters": ["m-compressor"],
+            "serves": [step.equipment_id for step in ENCLOSURE_LINE],
+            "key": "running_time",
+            "interval_s": INTERVAL_S,
+            "max_power_kw": 40,
+        }
+    ]
+    harness.raw_config["emission_factors"] = {
+        "electricity": {
+            "table": "grid.csv",
+            "unit": "kgCO2e/kWh",
+            "source": "Hourly grid intensity (test table)",
+            "version": "test-1",
+            "geography": "JP",
+            "reference_year": 2026,
+        }
+    }
+    harness.config = parse_config(harness.raw_config, tmp_path)
+    write_config(harness.raw_config, harness.config_path)
+    async with harness:
+        truth = await harness.run_plan([LotPlan("LOT-ENCL", "ENCL-400x300", 20)], step_s=3.0)
+        consumer = harness.consumer
+        assert consumer is not None
+        assert await consumer.wait_for(orders=len(truth), lots=1, timeout_s=30)
+        orders = consumer.latest("order")
+        (lot,) = consumer.latest("lot").values()
+        machines = harness.machines
+    assert any(o.start_ns < CHANGE_AT[0] < o.stop_ns for o in truth) or any(
+        o.stop_ns < CHANGE_AT[0] for o in truth
+    ), "the factor change must fall inside the lot"
+    by_order = {r["order_id"]: r for r in orders.values()}
+    start_ns = min(o.start_ns for o in truth)
+    end_ns = max(o.stop_ns for o in truth)
+    shared_truth = _hand_shared(truth, machines["m-compressor"], start_ns, end_ns)
+    hand_total = 0.0
+    print("\nstep             direct kWh  shared kWh   kg CO2e (hand)   kg CO2e (record)")
+    for order in truth:
+        record = by_order[order.order_id]
+        validate(record)
+        machine = machines[order.meter_id]
+        direct_before = _energy(machine, _clip(order.occupied, 0, CHANGE_AT[0]))
+        direct_after = _energy(machine, _clip(order.occupied, CHANGE_AT[0], 2**62))
+        shared_before, shared_after = shared_truth[order.order_id]
+        hand_co2e = (direct_before + shared_before) * BEFORE + (direct_after + shared_after) * AFTER
+        hand_total += hand_co2e
+        print(
+            f"{order.equipment_id:<16} {record['energy_direct_kwh']:10.5f} "
+            f"{record['energy_shared_kwh']:10.5f} {hand_co2e:16.6f} {record['co2e_kg']:16.6f}"
+        )
+        # Direct and shared energy against the truth.
+        assert record["energy_direct_kwh"] == pytest.approx(
+            direct_before + direct_after, rel=TOLERANCE
+        )
+        assert record["energy_shared_kwh"] == pytest.approx(
+            shared_before + shared_after, rel=TOLERANCE
+        )
+        assert record["energy_kwh"] == pytest.approx(
+            record["energy_direct_kwh"] + record["energy_shared_kwh"], rel=1e-9
+        )
+        assert record["co2e_kg"] == pytest.approx(hand_co2e, rel=TOLERANCE)
+        # The record's own numbers recompute: the factors it lists times their activities ...
+        used = [f for f in record["factors"] if f["reported"]]
+        assert record["co2e_kg"] == pytest.approx(
+            math.fsum(f["activity"] * f["value"] * f["conversion"] for f in used), rel=1e-9
+        )
+        assert math.fsum(f["activity"] for f in used) == pytest.approx(
+            record["energy_kwh"], rel=1e-9
+        )
+        if order.start_ns < CHANGE_AT[0] < order.stop_ns:  # split at the change
+            assert sorted(f["value"] for f in used) == [AFTER, BEFORE]
+        else:
+            assert len(used) == 1
+        # ... and the shared part from the intervals the allocation lists.
+        (shared,) = [m for m in record["meters"] if m["role"] == "shared"]
+        allocation = shared["allocation"]
+        assert allocation["key"] == "running_time"
+        recomputed = math.fsum(
+            i["energy"] * i["weight"] / i["total_weight"] for i in allocation["intervals"]
+        )
+        assert recomputed == pytest.approx(shared["energy"], rel=1e-9, abs=1e-12)
+        assert shared["energy"] == pytest.approx(record["energy_shared_kwh"], rel=1e-9)
+        for interval in allocation["intervals"]:
+            assert (
+                ns_from_iso(interval["end"]) - ns_from_iso(interval["start"])
+                <= INTERVAL_S * NS_PER_S
+            )
+    validate(lot)
+    assert lot["co2e_kg"] == pytest.approx(sum(r["co2e_kg"] for r in by_order.values()), rel=1e-9)
+    assert lot["co2e_kg"] == pytest.approx(hand_total, rel=TOLERANCE)
+    assert lot["energy_shared_kwh"] == pytest.approx(
+        sum(r["energy_shared_kwh"] for r in by_order.values()), rel=1e-9
+    )
+    assert lot["co2e_kg_per_unit"] == pytest.approx(lot["co2e_kg"] / 20, rel=1e-9)
+    print(
+        f"lot: {lot['co2e_kg']:.6f} kg CO2e (hand {hand_total:.6f}), {lot['co2e_kg_per_unit']:.6g} kg per piece"
+    )
