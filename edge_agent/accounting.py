@@ -33,6 +33,7 @@ from edge_agent.attribution.records import (
     build_order_record,
 )
 from edge_agent.attribution.series import float32_step
+from edge_agent.attribution.standards import Standard
 from edge_agent.attribution.states import derive_states
 from edge_agent.config import AgentConfig, EquipmentConfig, attributed_point_name
 from edge_agent.config.factor_tables import factor_schedules
@@ -80,6 +81,7 @@ class OrderInputs:
     outages: tuple[tuple[int, int], ...] = ()
     # One per shared equipment serving the order's equipment (edge_agent.sharing)
     shared: tuple[SharedInputs, ...] = ()
+    standard: Standard | None = None  # the product's standard intensity on this equipment
 
 
 _SCHEDULES: dict[int, tuple[AgentConfig, dict[str, dict[str, tuple[Factor, ...]]]]] = {}
@@ -472,6 +474,8 @@ def build_order(inputs: OrderInputs, *, revision: int, final_by_timeout: bool) -
             )
             for result in shared
         ],
+        standard=inputs.standard,
+        flag_above_percent=config.standards.flag_above_percent,
     )
 
 
@@ -503,6 +507,7 @@ def build_lot(
     quantity_good: float | None,
     revision: int,
     open_orders: Sequence[str] = (),
+    standard: Standard | None = None,
 ) -> Record:
     return build_lot_record(
         config.site.id,
@@ -511,4 +516,6 @@ def build_lot(
         quantity_good=quantity_good,
         revision=revision,
         open_orders=open_orders,
+        standard=standard,
+        flag_above_percent=config.standards.flag_above_percent,
     )

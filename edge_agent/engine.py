@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from edge_agent.accounting import OrderInputs, build_lot, build_order, is_cancelled
 from edge_agent.attribution.model import Interval
+from edge_agent.attribution.standards import Standard, derive_standard
 from edge_agent.clock import Clock
 from edge_agent.clockwatch import clock_flags
 from edge_agent.config import (
@@ -779,6 +780,9 @@ class OrderEngine:
             await self.shared_inputs(item, start_ns, stop_ns, outages)
             for item in self._config.sharing(equipment.id)
         ]
+        standard = await self.standard_for(
+            timeline.product_id, equipment.id, timeline.lot_id, start_ns
+        )
         return OrderInputs(
             config=self._config,
             equipment=equipment,
@@ -790,7 +794,25 @@ class OrderEngine:
             clock_flags=clock_flags(self._clock, start_ns, stop_ns, now_ns),
             outages=tuple(outages),
             shared=tuple(shared),
+            standard=standard,
         )
+
+    async def standard_for(
+        self, product_id: str | None, equipment_id: str | None, lot_id: str, before_ns: int
+    ) -> Standard | None:
+        """The configured standard of the product's step (or whole lot: ``equipment_id``
+        None), else one derived from the last lots that ended before ``before_ns``."""
+        settings = self._config.standards
+        item = settings.configured(product_id, equipment_id)
+        if item is not None:
+            return Standard(item.kwh_per_unit, item.co2e_kg_per_unit, "configured", item.source)
+        wanted = settings.derive_from_last_lots
+        if not wanted or product_id is None:
+            return None
+        history = await self._store.recent_intensities(
+            product_id, equipment_id or "", before_ns, lot_id, wanted
+        )
+        return derive_standard(history, wanted)
 
     async def shared_inputs(
         self,
@@ -886,6 +908,13 @@ class OrderEngine:
         revision = (
             1 if lot_status is None or lot_status.status != "final" else lot_status.revision + 1
         )
+        products = {r.get("product_id") for r in records}
+        starts = [ns_from_iso(r["start"]) for r in records]
+        standard = (
+            await self.standard_for(products.pop(), None, lot_id, min(starts))
+            if len(products) == 1 and starts
+            else None
+        )
         record = build_lot(
             self._config,
             lot_id,
@@ -893,6 +922,7 @@ class OrderEngine:
             quantity_good=completion_event.quantity_good if completion_event else None,
             revision=revision,
             open_orders=open_ids,
+            standard=standard,
         )
         published = await self._store.latest_lot_record(lot_id)
         if published is not None and _same_numbers(published, record.to_json_dict()):

@@ -24,6 +24,7 @@ from edge_agent.attribution.model import (
     Reading,
     StateShare,
 )
+from edge_agent.attribution.standards import Standard, standard_json
 from edge_agent.domain import iso_from_ns
 
 __all__ = [
@@ -314,6 +315,8 @@ def build_order_record(
     factor_uses: Mapping[str, Mapping[str, Sequence[FactorUse]]] | None = None,
     report_set: str = "auto",
     shared: Sequence[tuple[MeterAllocation, Mapping[str, Any]]] = (),
+    standard: Standard | None = None,
+    flag_above_percent: float = 10.0,
 ) -> Record:
     """One order's record from its meters' allocations (direct energy of its equipment).
 
@@ -323,7 +326,8 @@ def build_order_record(
     (time-varying tables, location and market side by side); a carrier missing from it takes
     ``factors[carrier]`` over the whole order. ``report_set`` picks the set of ``co2e_kg``.
     ``shared``: the order's part of each shared equipment serving its equipment, with how it
-    was allocated (edge_agent.sharing.shared_detail).
+    was allocated (edge_agent.sharing.shared_detail). ``standard``: the step's standard
+    intensity; a record above it by more than ``flag_above_percent`` is flagged.
     """
     if revision < 1:
         raise ValueError(f"revision must be >= 1, got {revision}")
@@ -368,6 +372,10 @@ def build_order_record(
                     f"{total.carrier} factor '{total.factor.source}' is not supplier-specific",
                 )
             )
+    kwh_per_unit = _per_unit(energy_kwh, facts.quantity_good)
+    co2e_per_unit = _per_unit(co2e, facts.quantity_good)
+    standard_part = standard_json(standard, kwh_per_unit, co2e_per_unit)
+    flags += _above_standard(standard_part, flag_above_percent)
     rid = record_id(facts.site_id, "order", facts.lot_id, facts.order_id, facts.equipment_id)
     payload: dict[str, Any] = {
         "record_id": rid,
@@ -391,8 +399,9 @@ def build_order_record(
         "uncertainty_kwh": _round(uncertainty_kwh),
         "co2e_kg": _round(co2e),
         "co2e_uncertainty_kg": _round(math.fsum(t.co2e_uncertainty for t in totals)),
-        "co2e_kg_per_unit": _per_unit(co2e, facts.quantity_good),
-        "kwh_per_unit": _per_unit(energy_kwh, facts.quantity_good),
+        "co2e_kg_per_unit": co2e_per_unit,
+        "kwh_per_unit": kwh_per_unit,
+        "standard": standard_part,
         "measured_share": _round(measured_share),
         "primary_data_share": _round(primary_share),
         "coverage": _round(coverage),
@@ -486,6 +495,20 @@ def _lot_meters(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+def _above_standard(standard: Mapping[str, Any] | None, limit_percent: float) -> list[Flag]:
+    if standard is None:
+        return []
+    above = [
+        f"{what} {standard[key]:+.3g} % against its {standard['basis']} standard"
+        for what, key in (("kWh per unit", "deviation_kwh_percent"),
+                          ("kg CO2e per unit", "deviation_co2e_percent"))
+        if standard[key] is not None and standard[key] > limit_percent
+    ]  # fmt: skip
+    if not above:
+        return []
+    return [Flag("above_standard", f"{'; '.join(above)} ({standard['source']})")]
+
+
 def _lot_factors(ordered: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each factor once (same carrier, set, value, provenance and validity), activities and
     CO2e summed over the lot's steps."""
@@ -523,6 +546,8 @@ def build_lot_record(
     quantity_good: float | None,
     revision: int,
     open_orders: Sequence[str] = (),
+    standard: Standard | None = None,
+    flag_above_percent: float = 10.0,
 ) -> Record:
     """The lot summary from its order records (as published): sums, one entry per step.
 
@@ -586,6 +611,10 @@ def build_lot_record(
                 "energy is not in this summary, which is re-issued when they are final",
             }
         )
+    lot_kwh_per_unit = _per_unit(energy, quantity_good)
+    lot_co2e_per_unit = _per_unit(co2e, quantity_good)
+    standard_part = standard_json(standard, lot_kwh_per_unit, lot_co2e_per_unit)
+    flags += [_flag(flag) for flag in _above_standard(standard_part, flag_above_percent)]
     scraps = [o.get("quantity_scrap") for o in ordered]
     known_scrap = [s for s in scraps if s is not None]
     rid = record_id(site_id, "lot", lot_id, None, None)
@@ -614,8 +643,9 @@ def build_lot_record(
         "co2e_uncertainty_kg": _round(
             math.fsum(o.get("co2e_uncertainty_kg", 0.0) for o in ordered)
         ),
-        "co2e_kg_per_unit": _per_unit(co2e, quantity_good),
-        "kwh_per_unit": _per_unit(energy, quantity_good),
+        "co2e_kg_per_unit": lot_co2e_per_unit,
+        "kwh_per_unit": lot_kwh_per_unit,
+        "standard": standard_part,
         "measured_share": _round(weighted("measured_share")),
         "primary_data_share": _round(weighted("primary_data_share")),
         "coverage": _round(min((o["coverage"] for o in ordered), default=0.0)),

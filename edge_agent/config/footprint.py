@@ -60,12 +60,6 @@ def _check_domain(value: str) -> str:
     return value
 
 
-def _check_non_negative(value: float) -> float:
-    if not value >= 0:
-        raise invalid("{value} is negative", value=value)
-    return value
-
-
 def _unique(values: list[str], what: str) -> list[str]:
     seen: set[str] = set()
     for value in values:
@@ -82,7 +76,7 @@ Urn = Annotated[
 Domain = Annotated[
     str, AfterValidator(_check_domain), Field(json_schema_extra={"pattern": _DOMAIN.pattern})
 ]
-NonNegativeFloat = Annotated[float, AfterValidator(_check_non_negative)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1, max_length=1000)]
 # MES product ids and quantity units: texts of up to 128 characters (docs/contracts.md).
 MesText = Annotated[str, Field(min_length=1, max_length=128)]

@@ -157,6 +157,21 @@ def cross_check(config: AgentConfig) -> list[str]:
                 problems.append(
                     f"{path}.subtract[{sub_index}].meter: {ref.meter!r} is not a configured meter"
                 )
+    seen_standards: dict[tuple[str, str | None], int] = {}
+    for index, standard in enumerate(config.standards.items):
+        path = f"standards.items[{index}]"
+        if standard.equipment_id is not None and standard.equipment_id not in equipment_ids:
+            problems.append(
+                f"{path}.equipment_id: {standard.equipment_id!r} is not a configured equipment"
+            )
+        key = (standard.product_id, standard.equipment_id)
+        if key in seen_standards:
+            problems.append(
+                f"{path}: product {standard.product_id!r} on "
+                f"{standard.equipment_id or 'the whole lot'} already has a standard "
+                f"(standards.items[{seen_standards[key]}])"
+            )
+        seen_standards.setdefault(key, index)
     for carrier, factors in config.emission_factors.items():
         units = config.carrier_units(carrier)
         for index, factor in enumerate(factors):

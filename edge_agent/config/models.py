@@ -503,6 +503,36 @@ class SharedEquipmentConfig(StrictModel):
         return value
 
 
+class StandardIntensity(StrictModel):
+    """A configured standard: kWh (and kg CO2e) per good unit of a product on an equipment
+    (``equipment_id`` omitted: for the whole lot)."""
+
+    product_id: Annotated[str, Field(min_length=1, max_length=128)]
+    equipment_id: Identifier | None = None
+    kwh_per_unit: Annotated[float, Field(ge=0)]
+    co2e_kg_per_unit: Annotated[float, Field(ge=0)] | None = None
+    source: str = Field("configured", min_length=1)
+
+
+class StandardsConfig(StrictModel):
+    """Standard intensities (docs/configuration.md, section standards)."""
+
+    items: list[StandardIntensity] = Field(default_factory=list)
+    # Without a configured standard: the median of the last N lots of the product on the
+    # equipment (0: off).
+    derive_from_last_lots: Annotated[int, Field(ge=0, le=1000)] = 0
+    # Records more than this many percent above their standard are flagged above_standard.
+    flag_above_percent: Annotated[float, Field(ge=0)] = 10.0
+
+    def configured(
+        self, product_id: str | None, equipment_id: str | None
+    ) -> StandardIntensity | None:
+        for item in self.items:
+            if item.product_id == product_id and item.equipment_id == equipment_id:
+                return item
+        return None
+
+
 # The levels each topic template may use (a balance or status message covers the whole site).
 TOPIC_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "mes_topic": ("prefix", "site"),
@@ -706,6 +736,7 @@ class AgentConfig(StrictModel):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     clock: ClockConfig = Field(default_factory=ClockConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    standards: StandardsConfig = Field(default_factory=StandardsConfig)
     # Per carrier: one factor, or a list with one per set (location and market side by side).
     emission_factors: dict[Identifier, list[EmissionFactor]] = Field(default_factory=dict)
     # Which set's CO2e is a record's co2e_kg (the other is in co2e_by_set). Default: market

@@ -97,4 +97,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX balances_by_end ON balances (period_end_ns)",
     ),
+    # 5: intensities of final order and lot records (kWh and kg CO2e per good unit), by
+    # product and equipment ('' for a lot), for standards derived from the last N lots.
+    (
+        """CREATE TABLE intensities (
+            record_key TEXT PRIMARY KEY,
+            product_id TEXT NOT NULL,
+            equipment_id TEXT NOT NULL,
+            lot_id TEXT NOT NULL,
+            end_ns INTEGER NOT NULL,
+            kwh_per_unit REAL NOT NULL,
+            co2e_kg_per_unit REAL NOT NULL
+        )""",
+        "CREATE INDEX intensities_by_step ON intensities (product_id, equipment_id, end_ns)",
+    ),
 )

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from edge_agent.clock import Clock, SystemClock
-from edge_agent.domain import PointRole, Quality, Sample
+from edge_agent.domain import PointRole, Quality, Sample, ns_from_iso
 from edge_agent.errors import StoreError
 from edge_agent.store.runs import (
     RUN_HISTORY_MAX,
@@ -837,7 +837,46 @@ class Store:
                 row = await cursor.fetchone()
         if row is None:
             raise StoreError(f"record {record.record_id} rev {record.revision} was not enqueued")
+        if record.kind in ("order", "lot"):
+            await self._note_intensity(record)
         return int(row[0])
+
+    async def _note_intensity(self, record: OutboxRecord) -> None:
+        """Keep the record's intensities for derived standards (its newest revision only; a
+        cancelled order, an incomplete lot or one without good quantity has none)."""
+        payload = json.loads(record.payload)
+        key = f"{record.kind}:{record.order_id or record.lot_id}"
+        await self._db.execute("DELETE FROM intensities WHERE record_key = ?", (key,))
+        product = payload.get("product_id")
+        kwh, co2e = payload.get("kwh_per_unit"), payload.get("co2e_kg_per_unit")
+        flags = {flag.get("code") for flag in payload.get("flags", ())}
+        if product is None or kwh is None or co2e is None or payload.get("incomplete"):
+            return
+        if "order_cancelled" in flags:
+            return
+        await self._db.execute(
+            "INSERT INTO intensities (record_key, product_id, equipment_id, lot_id, end_ns, "
+            "kwh_per_unit, co2e_kg_per_unit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key, product, payload.get("equipment_id") or "", record.lot_id,
+                ns_from_iso(payload["end"]), float(kwh), float(co2e),
+            ),
+        )  # fmt: skip
+
+    async def recent_intensities(
+        self, product_id: str, equipment_id: str, before_ns: int, exclude_lot: str, limit: int
+    ) -> list[tuple[str, float, float]]:
+        """The last ``limit`` (lot, kWh per unit, kg CO2e per unit) of a product's step
+        (``equipment_id`` '' for whole lots) that ended before ``before_ns``, newest first."""
+        query = (
+            "SELECT lot_id, kwh_per_unit, co2e_kg_per_unit FROM intensities WHERE product_id = ? "
+            "AND equipment_id = ? AND end_ns < ? AND lot_id != ? ORDER BY end_ns DESC LIMIT ?"
+        )
+        async with self._db.execute(
+            query, (product_id, equipment_id, before_ns, exclude_lot, limit)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(str(r[0]), float(r[1]), float(r[2])) for r in rows]
 
     async def unsent(self, limit: int, after_seq: int = 0) -> list[OutboxRow]:
         """Unsent records after ``after_seq``, oldest first (the publisher's queue)."""
