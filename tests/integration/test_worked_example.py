@@ -75,7 +75,9 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         f"{iso_from_ns(now - 3600 * NS_PER_S)},{iso_from_ns(CHANGE_AT[0])},{BEFORE}\n"
         f"{iso_from_ns(CHANGE_AT[0])},{iso_from_ns(now + 3600 * NS_PER_S)},{AFTER}\n"
     )
-    harness = PlantHarness(tmp_path, mosquitto.host, mosquitto.port)
+    harness = PlantHarness(
+        tmp_path, mosquitto.host, mosquitto.port, balance={"period_s": 5, "settle_s": 2.0}
+    )
     compressor = harness.plant.add_meter(
         "m-compressor", "air-compressor", state="running", seed=11, initial_kwh=40.0
     )
@@ -114,6 +116,9 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         orders = consumer.latest("order")
         (lot,) = consumer.latest("lot").values()
         machines = harness.machines
+        last_stop = max(o.stop_ns for o in truth)
+        assert await consumer.wait_for_balance(last_stop + 5 * NS_PER_S, timeout_s=20)
+        balances = consumer.latest_balances()
     assert any(o.start_ns < CHANGE_AT[0] < o.stop_ns for o in truth) or any(
         o.stop_ns < CHANGE_AT[0] for o in truth
     ), "the factor change must fall inside the lot"
@@ -183,3 +188,26 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
     print(
         f"lot: {lot['co2e_kg']:.6f} kg CO2e (hand {hand_total:.6f}), {lot['co2e_kg_per_unit']:.6g} kg per piece"
     )
+    # The energy balances split the compressor the same way: per period, metered = to orders +
+    # unallocated, and over the run each order's part equals its record's shared energy.
+    shared_lines = [
+        line
+        for b in balances
+        for line in b["meters"]
+        if line["shared_equipment_id"] == "air-compressor"
+    ]
+    assert shared_lines
+    for line in shared_lines:
+        assert line["metered"] == pytest.approx(
+            line["to_orders"] + line["unallocated"], rel=1e-9, abs=1e-12
+        )
+        assert line["idle"] == 0
+    first_start = min(ns_from_iso(b["start"]) for b in balances)
+    checked = 0
+    for order_id, record in by_order.items():
+        if ns_from_iso(record["start"]) < first_start:
+            continue  # its first seconds fell in a period before the balances began
+        checked += 1
+        in_balances = math.fsum(line["orders"].get(order_id, 0.0) for line in shared_lines)
+        assert in_balances == pytest.approx(record["energy_shared_kwh"], rel=1e-6, abs=1e-9)
+    assert checked >= 3
