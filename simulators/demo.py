@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, parse_config
-from edge_agent.domain import NS_PER_S, ns_from_iso
+from edge_agent.domain import NS_PER_S, iso_from_ns, ns_from_iso
 from edge_agent.publish.topics import mes_topic
 from simulators.broker import LocalMosquitto
 from simulators.mes import LotPlan, MesPublisher, TrueOrder, demo_lots, run_plan
@@ -279,6 +279,55 @@ class PlantHarness:
             await self.opcua.stop()
         await self.plant.stop()
 
+    def add_shared_compressor(self, interval_s: int = 60, key: str = "running_time") -> None:
+        """An air compressor on its own Modbus meter, running all along and shared by every
+        step (the plant's bill of equipment); call before entering."""
+        meter = self.plant.add_meter(
+            "m-compressor", "air-compressor", state="running", seed=11, initial_kwh=40.0
+        )
+        entry = {k: v for k, v in self.raw_config["meters"][0].items() if k != "points"}
+        entry.update(id="m-compressor", port=meter.port)
+        self.raw_config["meters"].append(entry)
+        self.raw_config["shared_equipment"] = [
+            {
+                "id": "air-compressor",
+                "name": "Air compressor (0.7 MPa line)",
+                "meters": ["m-compressor"],
+                "serves": [step.equipment_id for step in self.steps],
+                "key": key,
+                "interval_s": interval_s,
+                "max_power_kw": 40,
+            }
+        ]
+        self._reconfigure()
+
+    def use_factor_table(self, rows: Sequence[tuple[int, int, float]], **factor: Any) -> Path:
+        """Electricity from a time-varying factor table (valid_from_ns, valid_to_ns, kg CO2e
+        per kWh), written beside the configuration; call before entering."""
+        table = self.folder / "grid-factors.csv"
+        table.write_text(
+            "valid_from,valid_to,value\n"
+            + "".join(f"{iso_from_ns(a)},{iso_from_ns(b)},{value}\n" for a, b, value in rows),
+            encoding="utf-8",
+        )
+        self.raw_config["emission_factors"] = {
+            "electricity": {
+                "table": table.name,
+                "unit": "kgCO2e/kWh",
+                "source": "Hourly grid intensity (simulated table)",
+                "version": "demo-2026",
+                "geography": "JP",
+                "reference_year": 2026,
+                **factor,
+            }
+        }
+        self._reconfigure()
+        return table
+
+    def _reconfigure(self) -> None:
+        self.config = parse_config(self.raw_config, self.folder)
+        write_config(self.raw_config, self.config_path)
+
     @property
     def machines(self) -> dict[str, Any]:
         return {meter_id: meter.machine for meter_id, meter in self.plant.meters.items()}
@@ -352,6 +401,65 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
     return 0
 
 
+async def run_worked_example(output: Path, broker: str | None) -> int:
+    """DESIGN §1's enclosure lot: five steps, a shared compressor, a factor change mid-lot;
+    each step's CO2e, the lot's total and its PACT footprint."""
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    local: LocalMosquitto | None = None
+    if broker:
+        host, _, port = broker.partition(":")
+        host, port_number = host or "127.0.0.1", int(port or 1883)
+    else:
+        local = LocalMosquitto(folder=output / "mosquitto")
+        (output / "mosquitto").mkdir()
+        local.start()
+        host, port_number = local.host, local.port
+    step_s = 4.0
+    now = time.time_ns()
+    change_ns = (now // NS_PER_S + 12) * NS_PER_S  # about the third step
+    hour = 3600 * NS_PER_S
+    try:
+        harness = PlantHarness(
+            output, host, port_number, balance={"period_s": DEMO_BALANCE_PERIOD_S, "settle_s": 2.0}
+        )
+        harness.add_shared_compressor(interval_s=1)
+        harness.use_factor_table([(now - hour, change_ns, 0.5), (change_ns, now + hour, 0.3)])
+        print(
+            "the enclosure lot of DESIGN §1: 5 steps, a compressor shared by running time, "
+            f"grid factor 0.5 -> 0.3 kg CO2e/kWh at {iso_from_ns(change_ns)}\n"
+        )
+        async with harness:
+            truth = await harness.run_plan([LotPlan("LOT-ENCL", "ENCL-400x300", 20)], step_s)
+            assert harness.consumer is not None
+            await harness.consumer.wait_for(len(truth), 1, timeout_s=30)
+            orders = harness.consumer.latest("order")
+            lots = list(harness.consumer.latest("lot").values())
+        print(
+            f"{'step':<16}{'direct kWh':>12}{'shared kWh':>12}  factors (kg CO2e/kWh)  {'kg CO2e':>10}"
+        )
+        for record in sorted(orders.values(), key=lambda r: r["start"]):
+            factors = " + ".join(
+                f"{f['activity']:.4f}x{f['value']:g}" for f in record["factors"] if f["reported"]
+            )
+            print(
+                f"{record['equipment_id']:<16}{record['energy_direct_kwh']:12.5f}"
+                f"{record['energy_shared_kwh']:12.5f}  {factors:<21} {record['co2e_kg']:10.6f}"
+            )
+        for lot in lots:
+            print(
+                f"{'lot ' + lot['lot_id']:<16}{lot['energy_direct_kwh']:12.5f}"
+                f"{lot['energy_shared_kwh']:12.5f}  {'':<21} {lot['co2e_kg']:10.6f}"
+                f"  ({lot['co2e_kg_per_unit'] * 1000:.3f} g per piece of {lot['quantity_good']:g})"
+            )
+    finally:
+        if local is not None:
+            local.stop()
+    print(f"\ninspect: .venv/bin/edge-agent lots -c {output}/plant.yaml")
+    return 0
+
+
 def print_truth(truth: list[TrueOrder], records: dict[str, dict[str, Any]]) -> None:
     by_order = {r["order_id"]: r for r in records.values()}
     errors: list[tuple[float, str]] = []
@@ -404,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo-output", help="folder for config and database")
     parser.add_argument("--broker", default=None, help="host:port of an existing broker")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--worked-example",
+        action="store_true",
+        help="one enclosure lot with a shared compressor and a factor change (docs/carbon.md)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -412,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     # asyncua warns about every unencrypted session; the demo's controller is on loopback.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):
+        if args.worked_example:
+            return asyncio.run(run_worked_example(Path(args.output), args.broker))
         return asyncio.run(run_demo(args.duration, Path(args.output), args.broker))
     return 130
 

@@ -16,12 +16,10 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import parse_config
-from edge_agent.domain import NS_PER_S, iso_from_ns, ns_from_iso
+from edge_agent.domain import NS_PER_S, ns_from_iso
 from simulators.broker import LocalMosquitto
 from simulators.demo import PlantHarness
 from simulators.mes import LotPlan, TrueOrder
-from simulators.plant import ENCLOSURE_LINE, write_config
 from tests.integration.test_end_to_end import validate
 
 BEFORE, AFTER = 0.5, 0.3  # kg CO2e/kWh before and after the factor change
@@ -69,45 +67,16 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
 ) -> None:
     now = time.time_ns()
     CHANGE_AT[0] = (now // NS_PER_S + 12) * NS_PER_S  # mid-lot: about the third step
-    table = tmp_path / "grid.csv"
-    table.write_text(
-        "valid_from,valid_to,value\n"
-        f"{iso_from_ns(now - 3600 * NS_PER_S)},{iso_from_ns(CHANGE_AT[0])},{BEFORE}\n"
-        f"{iso_from_ns(CHANGE_AT[0])},{iso_from_ns(now + 3600 * NS_PER_S)},{AFTER}\n"
-    )
     harness = PlantHarness(
         tmp_path, mosquitto.host, mosquitto.port, balance={"period_s": 5, "settle_s": 2.0}
     )
-    compressor = harness.plant.add_meter(
-        "m-compressor", "air-compressor", state="running", seed=11, initial_kwh=40.0
+    harness.add_shared_compressor(interval_s=INTERVAL_S)
+    harness.use_factor_table(
+        [
+            (now - 3600 * NS_PER_S, CHANGE_AT[0], BEFORE),
+            (CHANGE_AT[0], now + 3600 * NS_PER_S, AFTER),
+        ]
     )
-    meter = dict(harness.raw_config["meters"][0])
-    meter.update(id="m-compressor", port=compressor.port)
-    meter.pop("points", None)
-    harness.raw_config["meters"].append(meter)
-    harness.raw_config["shared_equipment"] = [
-        {
-            "id": "air-compressor",
-            "name": "Air compressor (0.7 MPa line)",
-            "meters": ["m-compressor"],
-            "serves": [step.equipment_id for step in ENCLOSURE_LINE],
-            "key": "running_time",
-            "interval_s": INTERVAL_S,
-            "max_power_kw": 40,
-        }
-    ]
-    harness.raw_config["emission_factors"] = {
-        "electricity": {
-            "table": "grid.csv",
-            "unit": "kgCO2e/kWh",
-            "source": "Hourly grid intensity (test table)",
-            "version": "test-1",
-            "geography": "JP",
-            "reference_year": 2026,
-        }
-    }
-    harness.config = parse_config(harness.raw_config, tmp_path)
-    write_config(harness.raw_config, harness.config_path)
     async with harness:
         truth = await harness.run_plan([LotPlan("LOT-ENCL", "ENCL-400x300", 20)], step_s=3.0)
         consumer = harness.consumer
