@@ -227,25 +227,24 @@ class _StoredLot:
             if isinstance(line, dict) and "record_id" in line
         ]
 
-    def order_payloads(self, orders: dict[str, list[OutboxRow]]) -> list[dict[str, Any]]:
-        """The order records the lot names, at the revision it names (the builder takes the
-        highest one given when that revision is not stored)."""
-        payloads: list[dict[str, Any]] = []
+    def order_rows(self, orders: dict[str, list[OutboxRow]]) -> list[OutboxRow]:
+        """The order records the lot names, at the revision it names, else the highest stored
+        (the lot is then older than a correction; its next revision will name it)."""
+        used: list[OutboxRow] = []
         for line in self.payload.get("orders") or []:
             if not isinstance(line, dict):
                 continue
             rows = orders.get(str(line.get("record_id")), [])
             named = [row for row in rows if row.revision == line.get("revision")]
-            payloads.extend(json.loads(row.payload) for row in (named or rows[-1:]))
-        return payloads
+            used.extend(named or rows[-1:])
+        return used
+
+    def order_payloads(self, orders: dict[str, list[OutboxRow]]) -> list[dict[str, Any]]:
+        return [json.loads(row.payload) for row in self.order_rows(orders)]
 
     def created_ns(self, orders: dict[str, list[OutboxRow]]) -> int:
         """When the data behind the footprint were complete: the newest record it uses."""
-        names = set(self.order_record_ids)
-        return max(
-            [self.latest.created_ns]
-            + [row.created_ns for rid, rows in orders.items() if rid in names for row in rows[-1:]]
-        )
+        return max([self.latest.created_ns, *(row.created_ns for row in self.order_rows(orders))])
 
 
 async def _read_lots(

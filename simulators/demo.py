@@ -18,6 +18,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.app import Agent
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.domain import NS_PER_S, iso_from_ns, ns_from_iso
+from edge_agent.footprint import build_pact_v3
 from edge_agent.publish.topics import mes_topic
 from simulators.broker import LocalMosquitto
 from simulators.mes import LotPlan, MesPublisher, TrueOrder, demo_lots, run_plan
@@ -453,10 +455,29 @@ async def run_worked_example(output: Path, broker: str | None) -> int:
                 f"{lot['energy_shared_kwh']:12.5f}  {'':<21} {lot['co2e_kg']:10.6f}"
                 f"  ({lot['co2e_kg_per_unit'] * 1000:.3f} g per piece of {lot['quantity_good']:g})"
             )
+        for lot in lots:
+            footprint = build_pact_v3(
+                lot,
+                [r for r in orders.values() if r["lot_id"] == lot["lot_id"]],
+                harness.config.footprint.info(harness.config.site),
+                created_at=datetime.now(tz=UTC),
+                version=lot["revision"],
+            )
+            pcf = footprint["pcf"]
+            print(
+                f"\nPACT 3.0 footprint {footprint['id']}: {pcf['pcfExcludingBiogenicUptake']} "
+                f"kg CO2e per {pcf['declaredUnitOfMeasurement']}, primary data "
+                f"{pcf.get('primaryDataShare', 'n/a')} %, reference period "
+                f"{pcf['referencePeriodStart']} .. {pcf['referencePeriodEnd']}"
+            )
     finally:
         if local is not None:
             local.stop()
     print(f"\ninspect: .venv/bin/edge-agent lots -c {output}/plant.yaml")
+    print(
+        f"footprint: .venv/bin/edge-agent export -c {output}/plant.yaml --format pact-v3 "
+        "--lot LOT-ENCL"
+    )
     return 0
 
 

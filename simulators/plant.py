@@ -150,6 +150,23 @@ def agent_config(
         # its records (tests/integration/test_clock_steps.py tests the check).
         "clock": {"check_sync": False},
         "emission_factors": {"electricity": dict(emission_factor or GRID_FACTOR)},
+        # What `edge-agent export --format pact-v3` needs beyond the records (simulated names).
+        "footprint": {
+            "company": {
+                "name": "Osaka Enclosure Works (simulated)",
+                "ids": ["urn:pact:company:customcode:buyer-id:DEMO-0001"],
+                "domain": "enclosures.example",
+            },
+            "site": {"subdivision": "JP-27"},
+            "products": {
+                "ENCL-400x300": {
+                    "name": "Enclosure 400x300",
+                    "description": "Sheet-steel enclosure 400 x 300 x 200 mm, powder-coated",
+                    "cpc": "42999",
+                    "mass_kg": 6.25,
+                }
+            },
+        },
     }
 
 

@@ -724,6 +724,9 @@ class HealthConfig(StrictModel):
     event_loop_lag_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
+from edge_agent.config.footprint import FootprintConfig  # noqa: E402 (it imports StrictModel from here)
+
+
 class AgentConfig(StrictModel):
     site: SiteConfig
     meters: list[MeterConfig] = Field(min_length=1)
@@ -737,6 +740,7 @@ class AgentConfig(StrictModel):
     clock: ClockConfig = Field(default_factory=ClockConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     standards: StandardsConfig = Field(default_factory=StandardsConfig)
+    footprint: FootprintConfig = Field(default_factory=FootprintConfig)
     # Per carrier: one factor, or a list with one per set (location and market side by side).
     emission_factors: dict[Identifier, list[EmissionFactor]] = Field(default_factory=dict)
     # Which set's CO2e is a record's co2e_kg (the other is in co2e_by_set). Default: market

@@ -231,8 +231,8 @@ _ALLOCATION = (
     "the order's time (counter differences, interpolated at the order's start and stop); orders "
     "overlapping on one equipment share it equally or by good quantity; shared equipment "
     "(compressors, HVAC, lighting) is allocated to the equipment it serves by a configured key "
-    "(running time, direct energy or equal). The lot's CO2e is divided by its good quantity: "
-    "scrap carries no share of its own."
+    "(running time, direct energy, quantity or equal). The lot's CO2e is divided by its good "
+    "quantity: scrap carries no share of its own."
 )
 _ALLOCATION_PRODUCT = (
     " Over a period, the lots' CO2e is divided by their total good quantity (the quantity-"

@@ -256,7 +256,7 @@ def _reported_factors(fields: _Fields) -> tuple[FactorUse, ...]:
     co2e_set = fields.optional_text("co2e_set")
     default_set = co2e_set if co2e_set in FACTOR_SETS else "location"
     entries = fields.payload.get("factors")
-    if entries is None:
+    if not entries:  # schema 1.0, or a record that lists none: its carriers' factors
         return tuple(_carrier_factors(fields, default_set))
     if not isinstance(entries, Sequence) or isinstance(entries, str):
         raise fields.problem("factors", "a list")
@@ -326,7 +326,7 @@ def parse_lot(payload: Mapping[str, Any]) -> LotRecord:
         primary_data_share=fields.number("primary_data_share"),
         coverage=fields.number("coverage"),
         incomplete=bool(incomplete),
-        open_steps=int(payload.get("open_steps") or 0),
+        open_steps=0 if payload.get("open_steps") is None else fields.integer("open_steps"),
         orders=tuple(orders),
         factors=_reported_factors(fields),
         flags=fields.flags(),

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent.domain import NS_PER_S, ns_from_iso
+from edge_agent.footprint import GXD_SCHEMA_URL, build_gxd, build_pact_v3
 from simulators.broker import LocalMosquitto
 from simulators.demo import PlantHarness
 from simulators.mes import LotPlan, TrueOrder
 from tests.integration.test_end_to_end import validate
+from tests.unit.footprint_support import assert_valid_footprint, extension
+from tests.unit.footprint_support import info as footprint_info
 
 BEFORE, AFTER = 0.5, 0.3  # kg CO2e/kWh before and after the factor change
 INTERVAL_S = 1
@@ -180,3 +184,18 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         in_balances = math.fsum(line["orders"].get(order_id, 0.0) for line in shared_lines)
         assert in_balances == pytest.approx(record["energy_shared_kwh"], rel=1e-6, abs=1e-9)
     assert checked >= 3
+    # The lot's PACT 3.0 footprint (with the Green x Digital block) and its GxD (PACT 2.x)
+    # form: valid against the published schemas, pcf = the lot's CO2e per good piece.
+    created = datetime.fromtimestamp(end_ns / 1e9, tz=UTC)
+    steps = list(by_order.values())
+    v3 = build_pact_v3(lot, steps, footprint_info(), created_at=created, version=lot["revision"])
+    assert_valid_footprint(v3, "pact-v3")
+    pcf = float(v3["pcf"]["pcfExcludingBiogenicUptake"])
+    assert pcf == pytest.approx(lot["co2e_kg"] / 20, rel=1e-8)
+    assert pcf == pytest.approx(hand_total / 20, rel=TOLERANCE)
+    gxd_block = extension(v3, GXD_SCHEMA_URL)["data"]
+    assert gxd_block["calcMethod"] == "0"
+    assert float(gxd_block["gateToGate"]["gateToGateFossilGhgEmissions"]) == pytest.approx(pcf)
+    gxd = build_gxd(lot, steps, footprint_info(), created_at=created, version=lot["revision"])
+    assert_valid_footprint(gxd, "gxd")
+    print(f"PACT 3.0 pcf {v3['pcf']['pcfExcludingBiogenicUptake']} kg CO2e per piece")

@@ -3,7 +3,7 @@ Green x Digital files, and order/lot records as the agent publishes them (schema
 
 The reference files are not part of this repository (their license allows exact copies but not
 sharing modified ones, see pact/SOURCES.md there): they are read from ``$EDGE_AGENT_REFERENCE_DIR``
-(default ``/work/shared``), folders ``pact/`` and ``gxd/``; tests that need them are skipped,
+(default ``../shared`` beside the repository), folders ``pact/`` and ``gxd/``; tests that need them are skipped,
 naming the folder, when it is missing.
 """
 
@@ -32,7 +32,9 @@ from referencing.jsonschema import DRAFT202012
 from edge_agent.footprint import FootprintInfo, ProductInfo
 from edge_agent.schemas import schema_path
 
-REFERENCE_DIR = Path(os.environ.get("EDGE_AGENT_REFERENCE_DIR", "/work/shared"))
+REFERENCE_DIR = Path(
+    os.environ.get("EDGE_AGENT_REFERENCE_DIR", Path(__file__).resolve().parents[3] / "shared")
+)
 PACT_DIR = REFERENCE_DIR / "pact"
 GXD_DIR = REFERENCE_DIR / "gxd"
 
@@ -120,9 +122,9 @@ def openapi_to_json_schema(node: Any) -> Any:
         if "enum" in converted and None not in converted["enum"]:
             converted["enum"] = [*converted["enum"], None]
     for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
-        if isinstance(converted.get(exclusive), bool):
-            if converted.pop(exclusive) and bound in converted:
-                converted[exclusive] = converted.pop(bound)
+        # OpenAPI 3.0: "exclusiveMinimum: true" qualifies "minimum"; 2020-12 takes the number.
+        if isinstance(converted.get(exclusive), bool) and converted.pop(exclusive):
+            converted[exclusive] = converted.pop(bound)
     return converted
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -359,12 +360,15 @@ def test_only_the_reported_set_counts() -> None:
     assert_valid_footprint(footprint, "pact-v3")
 
 
-def test_records_without_factors_fall_back_to_their_carriers() -> None:
+@pytest.mark.parametrize("factors", ["missing", "empty"])
+def test_records_without_factors_fall_back_to_their_carriers(factors: str) -> None:
     """Records of schema 1.0 (no factors[], no geography, no reference year)."""
     lot, orders = worked_example()
     for record in (lot, *orders):
         for key in ("factors", "co2e_by_set", "energy_direct_kwh", "energy_shared_kwh"):
             record.pop(key, None)
+        if factors == "empty":
+            record["factors"] = []
     lot["carriers"] = orders[0]["carriers"]
     footprint = build_pact_v3(lot, orders, info(), created_at=CREATED)
     assert footprint["pcf"]["pcfExcludingBiogenicUptake"] == "0.084"
@@ -430,7 +434,9 @@ def test_pieces_need_a_mass() -> None:
     product = ProductInfo(name="Enclosure", description="Sheet-steel enclosure", cpc="42999")
     lot, orders = worked_example()
     for fmt in ("pact-v3", "pact-v2"):
-        with pytest.raises(FootprintError, match=f"footprint.products.{PRODUCT}.mass_kg"):
+        with pytest.raises(
+            FootprintError, match=re.escape(f"footprint.products.{PRODUCT}.mass_kg")
+        ):
             lot_footprint(fmt, lot, orders, info=info(products={PRODUCT: product}))
 
 
@@ -446,7 +452,7 @@ def test_v2_needs_a_cpc_code_and_a_2x_standard() -> None:
 
 def test_product_ids_need_ids_or_a_domain() -> None:
     lot, orders = worked_example()
-    with pytest.raises(FootprintError, match="footprint.company.domain"):
+    with pytest.raises(FootprintError, match=r"footprint\.company\.domain"):
         lot_footprint("pact-v3", lot, orders, info=info(company_domain=None))
     product = ProductInfo(
         name="Enclosure",
@@ -470,7 +476,10 @@ def test_created_at_must_carry_its_offset() -> None:
 def test_a_record_field_of_the_wrong_type_is_named() -> None:
     lot, orders = worked_example()
     orders[1]["co2e_kg"] = "0.04"
-    with pytest.raises(FootprintError, match="order record LOT-0001-press-brake.*co2e_kg"):
+    with pytest.raises(
+        FootprintError,
+        match=r"order record LOT-0001-press-brake of lot LOT-0001: co2e_kg '0\.04' is not",
+    ):
         build_pact_v3(lot, orders, info(), created_at=CREATED)
 
 
