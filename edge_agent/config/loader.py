@@ -174,7 +174,17 @@ def cross_check(config: AgentConfig) -> list[str]:
         seen_standards.setdefault(key, index)
     for carrier, factors in config.emission_factors.items():
         units = config.carrier_units(carrier)
+        if not factors:
+            problems.append(f"emission_factors.{carrier}: an empty list (give one factor)")
+        first_of_set: dict[str, int] = {}
         for index, factor in enumerate(factors):
+            if factor.set in first_of_set:
+                problems.append(
+                    f"emission_factors.{carrier}[{index}].set: {factor.set!r} is already used "
+                    f"by emission_factors.{carrier}[{first_of_set[factor.set]}] (one factor per "
+                    "set: location, market)"
+                )
+            first_of_set.setdefault(factor.set, index)
             per = factor.unit.partition("/")[2] if factor.unit.startswith("kgCO2e/") else ""
             if not per or (units is not None and per not in units):
                 expected = ", ".join(f"kgCO2e/{unit}" for unit in units or ("<unit>",))

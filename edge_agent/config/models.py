@@ -764,28 +764,6 @@ class AgentConfig(StrictModel):
             return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
         return value
 
-    @field_validator("emission_factors")
-    @classmethod
-    def _one_per_set(
-        cls, value: dict[str, list[EmissionFactor]]
-    ) -> dict[str, list[EmissionFactor]]:
-        for carrier, factors in value.items():
-            if not factors:
-                raise invalid(
-                    "{carrier}: an empty list (give at least one factor)", carrier=carrier
-                )
-            sets = [factor.set for factor in factors]
-            for name in set(sets):
-                if sets.count(name) > 1:
-                    raise invalid(
-                        "{carrier}: {count} factors of set {name!r} (one per set: location, "
-                        "market)",
-                        carrier=carrier,
-                        count=sets.count(name),
-                        name=name,
-                    )
-        return value
-
     def carrier_units(self, carrier: str) -> tuple[str, ...] | None:
         extra = self.carriers.get(carrier)
         return tuple(extra.units) if extra is not None else CARRIER_UNITS.get(carrier)
