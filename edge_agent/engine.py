@@ -698,14 +698,27 @@ class OrderEngine:
         received = [e.received_ns for e in stored]
         seen_from = min(received, default=now_ns)
         seen_until = now_ns if timeline.auto_closed else max(received, default=now_ns)
-        equipment_id = timeline.equipment_id
-        by_extent = await self._store.order_ids_possibly_overlapping(
-            equipment_id, lo - _OVERLAP_LOOKBACK_NS, lo, hi
-        )
-        seen_running_ids = await self._store.final_orders_finalised_between(
-            equipment_id, seen_from, seen_until
-        )
-        seen_running = set(seen_running_ids)
+        # The same equipment; and the other equipment of a shared equipment serving it, whose
+        # orders split the shared energy of the same allocation intervals with this one.
+        extents = {timeline.equipment_id: (lo, hi)}
+        for shared in self._config.sharing(timeline.equipment_id):
+            window = extended_window(Interval(lo, hi), shared.interval_s)
+            for sibling in shared.serves:
+                a, b = extents.get(sibling, (window.start_ns, window.end_ns))
+                extents[sibling] = (min(a, window.start_ns), max(b, window.end_ns))
+        by_extent: set[str] = set()
+        seen_running: set[str] = set()
+        for equipment_id, (a, b) in extents.items():
+            by_extent.update(
+                await self._store.order_ids_possibly_overlapping(
+                    equipment_id, a - _OVERLAP_LOOKBACK_NS, a, b
+                )
+            )
+            seen_running.update(
+                await self._store.final_orders_finalised_between(
+                    equipment_id, seen_from, seen_until
+                )
+            )
         recheck = []
         for other_id in sorted({*by_extent, *seen_running} - {timeline.order_id}):
             status = await self._store.order_status(other_id)
@@ -715,8 +728,9 @@ class OrderEngine:
             if other is None:
                 continue
             computed_ns = status.finalised_ns if status.finalised_ns is not None else now_ns
-            if other.overlaps(lo, hi) or (
-                other_id in seen_running and other.overlaps(lo, computed_ns)
+            a, b = extents.get(other.equipment_id, (lo, hi))
+            if other.overlaps(a, b) or (
+                other_id in seen_running and other.overlaps(a, computed_ns)
             ):
                 recheck.append(other_id)
         return recheck
