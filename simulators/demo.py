@@ -343,19 +343,25 @@ class PlantHarness:
         )
 
 
-async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
+def _fresh_output_and_broker(
+    output: Path, broker: str | None
+) -> tuple[LocalMosquitto | None, str, int]:
+    """An empty output folder, and the broker: ``host:port`` given, else a local Mosquitto
+    started here (returned, to stop)."""
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
-    local: LocalMosquitto | None = None
     if broker:
         host, _, port = broker.partition(":")
-        host, port_number = host or "127.0.0.1", int(port or 1883)
-    else:
-        local = LocalMosquitto(folder=output / "mosquitto")
-        (output / "mosquitto").mkdir()
-        local.start()
-        host, port_number = local.host, local.port
+        return None, host or "127.0.0.1", int(port or 1883)
+    local = LocalMosquitto(folder=output / "mosquitto")
+    (output / "mosquitto").mkdir()
+    local.start()
+    return local, local.host, local.port
+
+
+async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
+    local, host, port_number = _fresh_output_and_broker(output, broker)
     print(f"broker {host}:{port_number}; data in {output}/ ; running {duration_s:g} s")
     step_s = 4.0
     # Short energy-balance periods, so that the run's balance is published while it lasts.
@@ -406,18 +412,7 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
 async def run_worked_example(output: Path, broker: str | None) -> int:
     """DESIGN §1's enclosure lot: five steps, a shared compressor, a factor change mid-lot;
     each step's CO2e, the lot's total and its PACT footprint."""
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
-    local: LocalMosquitto | None = None
-    if broker:
-        host, _, port = broker.partition(":")
-        host, port_number = host or "127.0.0.1", int(port or 1883)
-    else:
-        local = LocalMosquitto(folder=output / "mosquitto")
-        (output / "mosquitto").mkdir()
-        local.start()
-        host, port_number = local.host, local.port
+    local, host, port_number = _fresh_output_and_broker(output, broker)
     step_s = 4.0
     now = time.time_ns()
     change_ns = (now // NS_PER_S + 12) * NS_PER_S  # about the third step
