@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
@@ -19,7 +19,6 @@ from edge_agent.config.models import (
     ModbusTcpMeter,
     OpcUaMeter,
     PointBase,
-    SecretRef,
 )
 from edge_agent.config.yaml_loading import load_yaml_text
 from edge_agent.domain import PointRole
@@ -290,7 +289,14 @@ def shaping_power_point(points: Mapping[str, PointBase]) -> str | None:
     return "power" if "power" in names else None
 
 
-def read_secret(ref: SecretRef, what: str) -> str | None:
+class SecretSource(Protocol):
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+
+
+def read_secret(ref: SecretSource, what: str) -> str | None:
     """Resolve a password from its environment variable or file, at start-up."""
     if ref.password_env:
         value = os.environ.get(ref.password_env)

@@ -541,6 +541,7 @@ TOPIC_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "balance_topic": ("prefix", "site"),
     "status_topic": ("prefix", "site"),
     "dead_letter_topic": ("prefix", "site"),
+    "resync_topic": ("prefix", "site"),
 }
 
 
@@ -567,6 +568,8 @@ class MqttConfig(SecretRef):
     balance_topic: str = "{prefix}/{site}/energy-balance"  # placeholders: {prefix}, {site}
     status_topic: str = "{prefix}/{site}/edge-agent/status"
     dead_letter_topic: str | None = "{prefix}/{site}/mes/dead-letter"
+    # Requests to re-publish stored records (the plant hub's re-synchronisation); None: off.
+    resync_topic: str | None = "{prefix}/{site}/cmd/resync"
 
     @field_validator(*TOPIC_PLACEHOLDERS)
     @classmethod

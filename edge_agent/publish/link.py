@@ -18,15 +18,17 @@ import logging
 import ssl
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.config import AgentConfig, read_secret
+from edge_agent.config import read_secret
+from edge_agent.config.models import TlsConfig
 from edge_agent.errors import EdgeAgentError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,34 @@ class ConnectionLost(EdgeAgentError):
     """The broker connection dropped before the PUBACK arrived; publish again later."""
 
 
+class MqttSettings(Protocol):
+    """The broker connection settings (the agent's ``mqtt`` section, the hub's)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def tls(self) -> TlsConfig | None: ...
+    @property
+    def keepalive_s(self) -> int: ...
+    @property
+    def session_expiry_s(self) -> int: ...
+    @property
+    def max_inflight(self) -> int: ...
+
+
+class HasMqtt(Protocol):
+    @property
+    def mqtt(self) -> MqttSettings: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     topic: str
@@ -43,12 +73,13 @@ class Received:
     mid: int
     qos: int
     retain: bool
+    user_properties: dict[str, str] = field(default_factory=dict)  # MQTT 5
 
 
 class MqttLink:
     def __init__(
         self,
-        config: AgentConfig,
+        config: HasMqtt,
         client_id: str,
         *,
         persistent_session: bool = False,
@@ -230,8 +261,14 @@ class MqttLink:
         self._call(self._resolve, future, code)
 
     def _on_message(self, _: paho.Client, __: Any, message: paho.MQTTMessage) -> None:
+        user = getattr(message.properties, "UserProperty", None) if message.properties else None
         received = Received(
-            message.topic, bytes(message.payload), message.mid, message.qos, message.retain
+            message.topic,
+            bytes(message.payload),
+            message.mid,
+            message.qos,
+            message.retain,
+            dict(user) if user else {},
         )
         self._call(self.messages.put_nowait, received)
 

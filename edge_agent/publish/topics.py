@@ -44,6 +44,11 @@ def status_topic(config: AgentConfig) -> str:
     return _fill(config.mqtt.status_topic, config)
 
 
+def resync_topic(config: AgentConfig) -> str | None:
+    template = config.mqtt.resync_topic
+    return _fill(template, config) if template else None
+
+
 def dead_letter_topic(config: AgentConfig) -> str | None:
     template = config.mqtt.dead_letter_topic
     return _fill(template, config) if template else None

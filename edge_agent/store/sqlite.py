@@ -878,6 +878,26 @@ class Store:
             rows = await cursor.fetchall()
         return [(str(r[0]), float(r[1]), float(r[2])) for r in rows]
 
+    async def published_since(
+        self, since_ns: int | None, from_seq: int | None, after_seq: int, limit: int
+    ) -> list[OutboxRow]:
+        """Records already published, created at or after ``since_ns`` or numbered at or
+        after ``from_seq`` (either may be None), after ``after_seq``, oldest first — what a
+        re-sync request re-publishes (unsent ones are on their way anyway)."""
+        query = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE sent_ns IS NOT NULL AND seq > ? "
+            "AND (created_ns >= ? OR seq >= ?) ORDER BY seq LIMIT ?"
+        )
+        never = 2**62
+        args = (
+            after_seq,
+            never if since_ns is None else since_ns,
+            never if from_seq is None else from_seq,
+            limit,
+        )
+        async with self._db.execute(query, args) as cursor:
+            return [OutboxRow(*row) for row in await cursor.fetchall()]
+
     async def unsent(self, limit: int, after_seq: int = 0) -> list[OutboxRow]:
         """Unsent records after ``after_seq``, oldest first (the publisher's queue)."""
         query = (

@@ -92,7 +92,8 @@ async def test_every_record_carries_content_type_and_user_properties(
                     record_id, 1, kind, "LOT-1", None, f"records/{index}", json.dumps(payload), 0
                 )
             )
-        publisher = OutboxPublisher(config(mosquitto, tmp_path), store)
+        settings = config(mosquitto, tmp_path)
+        publisher = OutboxPublisher(settings, store)
         await publisher.start()
         try:
             await _wait_sent(store, len(RECORDS))
@@ -105,11 +106,15 @@ async def test_every_record_carries_content_type_and_user_properties(
     subscriber.close()
     by_id = {message["payload"]["record_id"]: message for message in subscriber.received}
     assert sorted(by_id) == sorted(record_id for record_id, _, _ in RECORDS)
-    for record_id, kind, _ in RECORDS:
+    for seq, (record_id, kind, _) in enumerate(RECORDS, start=1):
         message = by_id[record_id]
         assert message["content_type"] == "application/json"
         assert message["format"] == 1
-        assert message["user"] == [("schema_version", "1.0"), ("kind", kind)]
+        # The gateway and its outbox sequence number: a hub finds holes in what it received.
+        assert message["user"] == [
+            ("schema_version", "1.0"), ("kind", kind),
+            ("gateway", settings.client_id), ("seq", str(seq)),
+        ]  # fmt: skip
 
 
 def _row(payload: str, kind: str = "order") -> OutboxRow:
