@@ -470,15 +470,18 @@ class OrderEngine:
                 self._pending_lots.add(event.lot_id)
                 continue
             assert event.order_id is not None
+            if event.type == "start" and await self._store.lot_completed(event.lot_id):
+                # An order starting in a completed lot makes the lot's summary incomplete
+                # again (a new revision says so) — also when earlier events of the order were
+                # held waiting for this start.
+                status = await self._store.order_status(event.order_id)
+                if status is None or status.status != "final":
+                    self._pending_lots.add(event.lot_id)
             if event.type in ("stop", "cancel") or event.order_id in released:
                 self._pending_orders.add(event.order_id)
                 continue
             if event.order_id not in known_before:
-                # A new order cannot be final yet; one starting in a completed lot makes the
-                # lot's summary incomplete again (a new revision says so).
-                if event.type == "start" and await self._store.lot_completed(event.lot_id):
-                    self._pending_lots.add(event.lot_id)
-                continue
+                continue  # a new order cannot be final yet
             status = await self._store.order_status(event.order_id)
             if status is not None and status.status == "final":
                 # A late pause/resume/start for a final order is a correction: recompute.

@@ -844,13 +844,22 @@ class Store:
     async def _note_intensity(self, record: OutboxRecord) -> None:
         """Keep the record's intensities for derived standards (its newest revision only; a
         cancelled order, an incomplete lot or one without good quantity has none)."""
-        payload = json.loads(record.payload)
         key = f"{record.kind}:{record.order_id or record.lot_id}"
+        try:
+            payload = json.loads(record.payload)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            await self._db.execute("DELETE FROM intensities WHERE record_key = ?", (key,))
+            return
         await self._db.execute("DELETE FROM intensities WHERE record_key = ?", (key,))
         product = payload.get("product_id")
         kwh, co2e = payload.get("kwh_per_unit"), payload.get("co2e_kg_per_unit")
         flags = {flag.get("code") for flag in payload.get("flags", ())}
+        end = payload.get("end")
         if product is None or kwh is None or co2e is None or payload.get("incomplete"):
+            return
+        if not isinstance(end, str):
             return
         if "order_cancelled" in flags:
             return
@@ -859,7 +868,7 @@ class Store:
             "kwh_per_unit, co2e_kg_per_unit) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 key, product, payload.get("equipment_id") or "", record.lot_id,
-                ns_from_iso(payload["end"]), float(kwh), float(co2e),
+                ns_from_iso(end), float(kwh), float(co2e),
             ),
         )  # fmt: skip
 
