@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # libraries would log every timeout and every unencrypted session.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.getLogger("asyncua").setLevel(logging.ERROR)
+    if args.command == "hub":
+        from edge_agent.hub.cli import main as hub_main  # noqa: PLC0415
+
+        return hub_main(args)
     try:
         config = load_config(Path(args.config))
         if args.command in ("check", "run"):
@@ -94,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     lots.add_argument("--limit", type=int, default=20)
     lots.add_argument("--json", action="store_true", help="print the record payloads")
     from edge_agent.export import FORMATS, KINDS, parse_time  # noqa: PLC0415
+    from edge_agent.hub.cli import add_parser as add_hub_parser  # noqa: PLC0415
+
+    add_hub_parser(commands)
 
     export = commands.add_parser(
         "export",

@@ -301,7 +301,7 @@ class PlantHarness:
                 "max_power_kw": 40,
             }
         ]
-        self._reconfigure()
+        self.reconfigure()
 
     def use_factor_table(self, rows: Sequence[tuple[int, int, float]], **factor: Any) -> Path:
         """Electricity from a time-varying factor table (valid_from_ns, valid_to_ns, kg CO2e
@@ -323,10 +323,11 @@ class PlantHarness:
                 **factor,
             }
         }
-        self._reconfigure()
+        self.reconfigure()
         return table
 
-    def _reconfigure(self) -> None:
+    def reconfigure(self) -> None:
+        """Parse and write the configuration again after a change to ``raw_config``."""
         self.config = parse_config(self.raw_config, self.folder)
         write_config(self.raw_config, self.config_path)
 

@@ -44,6 +44,11 @@ class HubSite(StrictModel):
     id: Identifier
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "JP"
     topic_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "acme"
+    # The agents' mqtt.resync_topic ({prefix} and {site} filled in).
+    resync_topic: Annotated[str, Field(min_length=1)] = "{prefix}/{site}/cmd/resync"
+
+    def resync(self) -> str:
+        return self.resync_topic.replace("{prefix}", self.topic_prefix).replace("{site}", self.id)
 
     def as_site(self) -> SiteConfig:
         return SiteConfig(id=self.id, country=self.country)
