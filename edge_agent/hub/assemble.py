@@ -132,7 +132,7 @@ def footprint_row(
 ) -> FootprintRow:
     """The store's row for a PACT 3.0 footprint (its filter columns read from it)."""
     pcf = footprint.get("pcf", {})
-    geography = tuple(
+    named = [
         str(pcf[name])
         for name in (
             "geographyRegionOrSubregion",
@@ -140,11 +140,17 @@ def footprint_row(
             "geographyCountrySubdivision",
         )
         if pcf.get(name)
-    )
-    start = footprint.get("validityPeriodStart") or pcf.get("referencePeriodEnd")
-    end = footprint.get("validityPeriodEnd") or pcf.get("referencePeriodEnd")
+    ]
+    # A subdivision (JP-27) lies in its country (JP): a filter on the country must find it.
+    countries = [name.split("-", 1)[0] for name in named if name[2:3] == "-"]
+    geography = tuple(dict.fromkeys([*named, *countries]))
+    # PACT 3.0: without a validity period, a footprint is valid for 3 years from the end of
+    # its reference period.
+    reference_end = pcf.get("referencePeriodEnd")
+    start = footprint.get("validityPeriodStart") or reference_end
     start_ns = ns_from_iso(str(start)) if start else created_ns
-    end_ns = ns_from_iso(str(end)) if end else start_ns
+    end = footprint.get("validityPeriodEnd")
+    end_ns = ns_from_iso(str(end)) if end else _plus_years(start_ns, VALIDITY_YEARS)
     return FootprintRow(
         id=str(footprint["id"]),
         key=key,
@@ -161,6 +167,18 @@ def footprint_row(
         preceding_ids=_tuple(footprint.get("precedingPfIds")),
         payload=dict(footprint),
     )
+
+
+VALIDITY_YEARS = 3
+
+
+def _plus_years(ts_ns: int, years: int) -> int:
+    moment = _utc(ts_ns)
+    try:
+        later = moment.replace(year=moment.year + years)
+    except ValueError:  # 29 February
+        later = moment.replace(year=moment.year + years, day=28)
+    return int(later.timestamp()) * NS_PER_S + ts_ns % NS_PER_S
 
 
 def period_of(ts_ns: int, period: str) -> tuple[datetime, datetime]:

@@ -19,6 +19,7 @@ from edge_agent.domain import iso_from_ns
 from edge_agent.errors import ConfigError
 from edge_agent.hub.api import create_app, listing, serve
 from edge_agent.hub.store import SqlHubStore
+from simulators.tls import make_pki
 from tests.hub.api_support import (
     PRODUCT_A,
     SECRET_A,
@@ -34,7 +35,6 @@ from tests.hub.api_support import (
     free_port,
     hub_info,
     lot_footprint,
-    make_pki,
     next_link,
     running_api,
     seed,

@@ -28,6 +28,7 @@ import pytest
 
 from edge_agent.hub.api import RecipientCredentials
 from edge_agent.hub.store import SqlHubStore
+from simulators.tls import make_pki
 from tests.hub.api_support import (
     PRODUCT_A,
     RECIPIENT_CLIENT_ID,
@@ -36,7 +37,6 @@ from tests.hub.api_support import (
     Recipient,
     customer,
     event_problems,
-    make_pki,
     running_api,
     running_recipient,
     seed,

@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent.hub.api import RecipientCredentials, RetryPolicy
 from edge_agent.hub.store import SqlHubStore
+from simulators.tls import make_pki
 from tests.hub.api_support import (
     RECIPIENT_CLIENT_ID,
     RECIPIENT_SECRET,
@@ -29,7 +30,6 @@ from tests.hub.api_support import (
     api_client,
     bearer,
     event_problems,
-    make_pki,
     running_api,
     running_recipient,
     seed,

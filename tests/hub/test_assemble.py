@@ -91,3 +91,24 @@ def test_calendar_periods(
 ) -> None:
     assert period_of(int(moment.timestamp()) * S, period) == (start, end)
     assert period_label(start, period) == label
+
+
+def test_a_rows_filter_columns_follow_pact() -> None:
+    from edge_agent.hub.assemble import footprint_row
+
+    footprint = {
+        "id": "x",
+        "productIds": ["urn:a"],
+        "companyIds": ["urn:c"],
+        "productClassifications": ["urn:cpc:1"],
+        "pcf": {
+            "geographyCountrySubdivision": "JP-27",
+            "referencePeriodEnd": "2026-01-31T00:00:00Z",
+        },
+    }
+    row = footprint_row(footprint, "lot:s:l", 1, "P", 0)
+    assert row.geography == ("JP-27", "JP")  # found by a filter on the country too
+    start = datetime(2026, 1, 31, tzinfo=UTC)
+    assert row.validity_start_ns == int(start.timestamp()) * S
+    # No validity period: 3 years from the end of the reference period.
+    assert row.validity_end_ns == int(datetime(2029, 1, 31, tzinfo=UTC).timestamp()) * S
