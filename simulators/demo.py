@@ -32,6 +32,7 @@ from edge_agent.domain import NS_PER_S, iso_from_ns, ns_from_iso
 from edge_agent.footprint import build_pact_v3
 from edge_agent.publish.topics import mes_topic
 from simulators.broker import LocalMosquitto
+from simulators.demo_hub import DemoHub
 from simulators.mes import LotPlan, MesPublisher, TrueOrder, demo_lots, run_plan
 from simulators.modbus_meters import SimulatedPlant
 from simulators.opcua_machines import NAMESPACE as OPCUA_NAMESPACE
@@ -373,10 +374,15 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
     lot_count = max(1, int((duration_s - lot_seconds - 5.0) / stagger_s) + 1)
     try:
         # The welding robot reports over OPC UA (its controller), the others over Modbus meters.
-        async with PlantHarness(
+        harness = PlantHarness(
             output, host, port_number, echo=True, opcua_steps=("welding-robot",), balance=balance
-        ) as harness:
-            print(f"{len(harness.plant.meters)} simulated meters, {lot_count} lots planned\n")
+        )
+        hub = DemoHub(output / "hub", host, port_number, harness.raw_config["footprint"])
+        async with hub, harness:
+            print(
+                f"{len(harness.plant.meters)} simulated meters, {lot_count} lots planned; "
+                f"plant hub at {hub.url} (PACT API)\n"
+            )
             # Production starts with a balance period, so the balances cover all of it.
             period_ns = DEMO_BALANCE_PERIOD_S * NS_PER_S
             await asyncio.sleep((period_ns - time.time_ns() % period_ns) / NS_PER_S)
@@ -403,11 +409,32 @@ async def run_demo(duration_s: float, output: Path, broker: str | None) -> int:
                     last_stop_ns, timeout_s=DEMO_BALANCE_PERIOD_S + 10
                 )
                 _print_balance(harness.consumer.latest_balances(), harness.consumer.latest("order"))
+                await _print_hub(hub, lot_count)
     finally:
         if local is not None:
             local.stop()
     print(f"\ninspect: .venv/bin/edge-agent lots -c {output}/plant.yaml")
     return 0
+
+
+async def _print_hub(hub: DemoHub, lots: int) -> None:
+    """What the hub serves, and one footprint fetched as a customer would."""
+    rows = await hub.wait_for_footprints(lots, timeout_s=20)
+    print(f"\nthe plant hub serves {len(rows)} lot footprint(s) (PACT 3.0):")
+    for row in rows:
+        pcf = row.payload["pcf"]
+        print(
+            f"  {row.id}  {row.key.rsplit(':', 1)[1]:<10} {pcf['pcfExcludingBiogenicUptake']} "
+            f"kg CO2e per {pcf['declaredUnitOfMeasurement']}"
+        )
+    if not rows:
+        return
+    fetched = await hub.fetch(rows[0].id)
+    print(
+        f"fetched {fetched['id']} over HTTPS with the demo customer's token: "
+        f"{fetched['productNameCompany']}, {fetched['pcf']['pcfExcludingBiogenicUptake']} kg CO2e"
+    )
+    print("fetch it yourself:\n" + hub.curl_lines(rows[0].id))
 
 
 async def run_worked_example(output: Path, broker: str | None) -> int:

@@ -135,9 +135,10 @@ class Hub:
         if self.config.api.cert_file is not None:
             from edge_agent.hub.api import create_app, serve  # noqa: PLC0415 (FastAPI is heavy)
 
-            server = asyncio.create_task(
-                serve(create_app(self.config.api, self.store), self.config.api), name="api"
-            )
+            key_file = self.config.api.token_key_file
+            token_key = key_file.read_bytes().strip() if key_file is not None else None
+            app = create_app(self.config.api, self.store, token_key=token_key)
+            server = asyncio.create_task(serve(app, self.config.api), name="api")
             tasks.append(server)
         try:
             async with asyncio.timeout(30):

@@ -70,7 +70,7 @@ def _preflight(config: HubConfig) -> None:
             read_secret(ref, what)
         except ConfigError as exc:
             problems += exc.problems
-    for key in ("cert_file", "key_file"):
+    for key in ("cert_file", "key_file", "token_key_file"):
         path = getattr(config.api, key)
         if path is not None and not Path(path).is_file():
             problems.append(f"api.{key}: {path} is not a readable file")

@@ -6,7 +6,8 @@
     store: {url: sqlite:///hub.db}            # or postgresql://hub@db.plant.example/hub
     api:
       port: 8443
-      tls: {cert_file: tls/hub.pem, key_file: tls/hub-key.pem}
+      cert_file: tls/hub.pem
+      key_file: tls/hub-key.pem
       clients:
         - {id: customer-a, secret_hash: "scrypt$...", products: [ENCL-400x300]}
     footprint: {...}                          # as the agent's (docs/carbon.md)
@@ -103,6 +104,9 @@ class HubApiConfig(StrictModel):
     cert_file: Path | None = None  # HTTPS only: both are required to serve
     key_file: Path | None = None
     token_ttl_s: Annotated[int, Field(ge=60, le=86400)] = 3600
+    # Key that signs the access tokens, shared by every instance behind one load balancer
+    # (else $EDGE_HUB_TOKEN_KEY / $EDGE_HUB_TOKEN_KEY_FILE, else a random per-process key).
+    token_key_file: Path | None = None
     clients: list[ApiClient] = Field(default_factory=list)
 
 
@@ -128,6 +132,7 @@ def _resolve(config: HubConfig, base: Path) -> HubConfig:
         update={
             "cert_file": rel(config.api.cert_file) or config.api.cert_file,
             "key_file": rel(config.api.key_file) or config.api.key_file,
+            "token_key_file": rel(config.api.token_key_file) or config.api.token_key_file,
         }
     )
     store = config.store

@@ -127,10 +127,15 @@ class ApiServer:
         self._task = None
 
 
+_UVICORN_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 async def serve(app: FastAPI, api: HubApiConfig) -> None:
     """Serve until cancelled (then shut down gracefully) or until the server fails.
     Raises ConfigError before anything is served when the TLS files are not given."""
-    server = ApiServer(app, api)
+    # uvicorn's own loggers follow the process's level (a demo at WARNING stays quiet).
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    server = ApiServer(app, api, log_level=level if level in _UVICORN_LEVELS else "info")
     await server.start()
     try:
         await server.wait()
