@@ -43,6 +43,7 @@ class Hub:
         # (site, product, period start) whose ended period needs its product footprint
         self._periods: set[tuple[str, str, datetime]] = set()
         self.resync_requests = 0
+        self._holes: dict[str, tuple[int, int]] = {}  # gateway -> first hole at the last look
 
     async def _on_records(self, records: Sequence[IncomingRecord]) -> None:
         for record in records:
@@ -87,12 +88,18 @@ class Hub:
                 issued += 1
         return issued
 
-    async def request_resync(self) -> int:
-        """Ask every gateway with holes in its record sequence to publish them again."""
+    async def request_resync(self, *, persisting_only: bool = False) -> int:
+        """Ask every gateway with holes in its record sequence to publish them again;
+        ``persisting_only``: only holes already there at the previous look (a record another
+        instance has not committed yet is no hole)."""
         asked = 0
+        seen, self._holes = self._holes, {}
         for gateway in await self.store.gateways():
             progress = await self.store.gateway_progress(gateway)
             if not progress.holes:
+                continue
+            self._holes[gateway] = progress.holes[0]
+            if persisting_only and seen.get(gateway) != progress.holes[0]:
                 continue
             first = progress.holes[0][0]
             missing = sum(b - a + 1 for a, b in progress.holes)
@@ -118,6 +125,11 @@ class Hub:
             self._wake.clear()
             await self.assemble_pending()
 
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_check_s)
+            await self.request_resync(persisting_only=True)
+
     async def _period_loop(self) -> None:
         while True:
             await self.product_periods(time.time_ns())
@@ -130,6 +142,7 @@ class Hub:
             asyncio.create_task(self.ingest.run(), name="ingest"),
             asyncio.create_task(self._assemble_loop(), name="assembler"),
             asyncio.create_task(self._period_loop(), name="product-periods"),
+            asyncio.create_task(self._resync_loop(), name="resync-check"),
         ]
         server = None
         if self.config.api.cert_file is not None:
@@ -143,6 +156,8 @@ class Hub:
         try:
             async with asyncio.timeout(30):
                 await self.ingest.link.connected.wait()
+            # What the broker queued for this instance's session first: those are no holes.
+            await self.ingest.settled(quiet_s=2.0, timeout_s=60.0)
             await self.request_resync()
         except TimeoutError:
             log.warning(

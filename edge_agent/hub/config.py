@@ -119,6 +119,9 @@ class HubConfig(StrictModel):
     footprint: FootprintConfig = Field(default_factory=FootprintConfig)
     # Product footprints over calendar periods (UTC), besides one per lot; None: lots only.
     product_period: Literal["month", "quarter", "year"] | None = "month"
+    # How often to look for holes in the gateways' record sequences; a hole still there at the
+    # next look is asked for again (re-sync). Also looked for once at start-up.
+    resync_check_s: Annotated[float, Field(ge=1, le=86400)] = 60.0
 
     def site(self, site_id: str) -> HubSite | None:
         return next((site for site in self.sites if site.id == site_id), None)

@@ -104,6 +104,7 @@ class RecordIngest:
             manual_ack=True,
             subscriptions=subscriptions(config),
         )
+        self.last_message_s = time.monotonic()  # when the last message arrived
         self.stored = 0  # new (record, revision) rows
         self.duplicates = 0
         self.rejected: Counter[str] = Counter()
@@ -114,9 +115,19 @@ class RecordIngest:
     async def stop(self) -> None:
         await self.link.stop()
 
+    async def settled(self, quiet_s: float, timeout_s: float) -> None:
+        """Until no message arrived for ``quiet_s`` (a persistent session's queue delivered),
+        at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if time.monotonic() - self.last_message_s >= quiet_s and self.link.messages.empty():
+                return
+            await asyncio.sleep(0.1)
+
     async def run(self) -> None:
         while True:
             batch = [await self.link.messages.get()]
+            self.last_message_s = time.monotonic()
             deadline = time.monotonic() + BATCH_WAIT_S
             while len(batch) < BATCH_MAX:
                 remaining = deadline - time.monotonic()
