@@ -22,44 +22,68 @@ from edge_agent.hub.model import FootprintFilter, FootprintRow, HubStore
 from edge_agent.hub.store import open_hub_store
 from simulators.broker import free_port
 from simulators.plant import SITE
-from simulators.tls import make_pki
+from simulators.tls import Pki, make_pki
 
 CLIENT_ID = "demo-customer"
+
+
+def write_hub_config(
+    folder: Path,
+    broker_host: str,
+    broker_port: int,
+    footprint: dict[str, Any],
+    *,
+    api_host: str = "127.0.0.1",
+    api_port: int = 8443,
+    store_url: str = "sqlite:///hub.db",
+) -> tuple[Path, str]:
+    """A hub configuration for the demo plant in ``folder`` (hub.yaml, a demo CA and server
+    certificate under tls/, a token key) with one demo customer; returns the file and the
+    customer's secret (only its hash is in the file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    make_pki(folder / "tls")
+    secret = secrets.token_urlsafe(24)
+    (folder / "token.key").write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+    raw = {
+        "hub_id": "demo-hub",
+        "sites": [{"id": SITE, "country": "JP", "topic_prefix": "acme"}],
+        "mqtt": {"host": broker_host, "port": broker_port, "client_id": "edge-hub-demo"},
+        "store": {"url": store_url},
+        "api": {
+            "host": api_host,
+            "port": api_port,
+            "cert_file": "tls/server.pem",
+            "key_file": "tls/server-key.pem",
+            "token_key_file": "token.key",
+            "clients": [
+                {
+                    "id": CLIENT_ID,
+                    "secret_hash": hash_secret(secret),
+                    "products": list(footprint.get("products", {})),
+                }
+            ],
+        },
+        "footprint": footprint,
+        "product_period": "month",
+    }
+    path = folder / "hub.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    (folder / "demo-customer.txt").write_text(f"{CLIENT_ID}:{secret}\n", encoding="utf-8")
+    return path, secret
 
 
 class DemoHub:
     def __init__(
         self, folder: Path, broker_host: str, broker_port: int, footprint: dict[str, Any]
     ) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self.pki = make_pki(folder / "tls")
-        self.secret = secrets.token_urlsafe(24)
-        (folder / "token.key").write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
         self.port = free_port()
-        raw = {
-            "hub_id": "demo-hub",
-            "sites": [{"id": SITE, "country": "JP", "topic_prefix": "acme"}],
-            "mqtt": {"host": broker_host, "port": broker_port, "client_id": "edge-hub-demo"},
-            "store": {"url": "sqlite:///hub.db"},
-            "api": {
-                "port": self.port,
-                "cert_file": "tls/server.pem",
-                "key_file": "tls/server-key.pem",
-                "token_key_file": "token.key",
-                "clients": [
-                    {
-                        "id": CLIENT_ID,
-                        "secret_hash": hash_secret(self.secret),
-                        "products": list(footprint.get("products", {})),
-                    }
-                ],
-            },
-            "footprint": footprint,
-            "product_period": "month",
-        }
-        self.config_path = folder / "hub.yaml"
-        self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        self.config_path, self.secret = write_hub_config(
+            folder, broker_host, broker_port, footprint, api_port=self.port
+        )
+        self.pki = Pki(
+            folder / "tls/ca.pem", folder / "tls/server.pem", folder / "tls/server-key.pem"
+        )
         self.config: HubConfig = load_hub_config(self.config_path)
         self.store: HubStore | None = None
         self.hub: Hub | None = None

@@ -5,7 +5,8 @@
 
 Serves the five meters of the enclosure line on fixed ports (``--base-port``, one per meter) and
 the welding robot's OPC UA controller (``--opcua-port``), writes the agent's configuration for
-them to ``OUTPUT/plant.yaml``, then ``OUTPUT/ready``, waits for the agent's retained ``online``
+them to ``OUTPUT/plant.yaml`` (and, with ``--hub-output``, a plant hub's configuration with a
+demo CA and customer), then ``OUTPUT/ready``, waits for the agent's retained ``online``
 status, and runs lots through the line batch after batch, printing every record the agent
 publishes and, per batch, the error against the simulator's ground truth. The agent is another
 process (container) that shares this one's network namespace: the simulators listen on loopback.
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from simulators.demo import DEMO_BALANCE_PERIOD_S, PlantHarness, RecordSubscriber, print_truth
+from simulators.demo_hub import write_hub_config
 from simulators.mes import demo_lots
 
 READY_FILE = "ready"
@@ -63,6 +65,17 @@ async def run_floor(args: argparse.Namespace) -> int:
         run_agent=False,
         sections=sections,
     )
+    if args.hub_output:
+        path, _ = write_hub_config(
+            Path(args.hub_output),
+            host,
+            port,
+            harness.raw_config["footprint"],
+            api_host=args.hub_api_host,
+            api_port=args.hub_api_port,
+            store_url=args.hub_store_url,
+        )
+        print(f"hub configuration in {path} (demo customer in demo-customer.txt)", flush=True)
     async with harness:
         (output / READY_FILE).write_text("ready\n", encoding="utf-8")
         meters = ", ".join(f"{m}:{harness.plant.port_of(m)}" for m in harness.plant.meters)
@@ -96,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=0, help="0: until stopped")
     parser.add_argument("--step-seconds", type=float, default=4.0)
     parser.add_argument("--agent-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument("--hub-output", default="", help="also write a hub configuration here")
+    parser.add_argument("--hub-api-host", default="0.0.0.0", help="the hub API's listen address")
+    parser.add_argument("--hub-api-port", type=int, default=8443)
+    parser.add_argument("--hub-store-url", default="sqlite:///hub.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("asyncua").setLevel(logging.ERROR)

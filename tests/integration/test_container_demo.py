@@ -54,7 +54,7 @@ def test_the_image_is_slim_non_root_and_built_from_the_lock_and_the_wheel() -> N
     users = re.findall(r"^USER (\S+)$", DOCKERFILE, re.M)
     assert users
     assert users[-1].split(":")[0] not in ("0", "root")
-    assert "--require-hashes -r deploy/requirements.lock" in DOCKERFILE
+    assert "--require-hashes -r deploy/requirements-hub.lock" in DOCKERFILE
     assert re.search(r"pip install --no-deps /wheels/edge_agent-\*\.whl", DOCKERFILE)
     # What the image copies exists, and nothing a checkout leaves lying around goes in.
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, re.M):
@@ -89,6 +89,7 @@ class Translation:
         self.base_port = _free_block(5)
         self.opcua_port = _free_block(1)
         self.health_port = _free_block(1)
+        self.hub_port = _free_block(1)
 
     def mounts(self, service: str) -> list[tuple[str, Path]]:
         out = []
@@ -104,8 +105,13 @@ class Translation:
         text = re.sub(r"(--opcua-port=)\d+", rf"\g<1>{self.opcua_port}", text)
         text = re.sub(r"(--health-port=)\d+", rf"\g<1>{self.health_port}", text)
         text = text.replace("127.0.0.1:9108", f"127.0.0.1:{self.health_port}")
-        # --store-path is written into the agent's configuration: a path in the agent's view.
-        view = "agent" if text.startswith("--store-path=") else service
+        text = re.sub(r"(--hub-api-port=)\d+", rf"\g<1>{self.hub_port}", text)
+        text = text.replace("--hub-api-host=0.0.0.0", "--hub-api-host=127.0.0.1")
+        # --store-path and --hub-store-url are written into the agent's and the hub's
+        # configuration: paths in their views.
+        view = {"--store-path=": "agent", "--hub-store-url=": "hub"}.get(
+            text.split("=", 1)[0] + "=", service
+        )
         for target, folder in self.mounts(view):
             text = text.replace(target, str(folder))
         return text
@@ -126,7 +132,7 @@ class Translation:
         return words
 
 
-def test_the_compose_files_plant_and_agent_run_together_and_the_healthcheck_passes(
+def test_the_compose_files_plant_agent_and_hub_run_together_and_the_healthcheck_passes(
     tmp_path: Path, mosquitto: LocalMosquitto
 ) -> None:
     services = COMPOSE["services"]
@@ -135,10 +141,15 @@ def test_the_compose_files_plant_and_agent_run_together_and_the_healthcheck_pass
     at = Translation(tmp_path, mosquitto)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     plant_log, agent_log = tmp_path / "plant.log", tmp_path / "agent.log"
-    plant_command = [*at.command("plant"), "--batches=1", "--lots=1", "--step-seconds=1"]
+    plant_command = [
+        *at.command("plant"), "--batches=1", "--lots=1", "--step-seconds=1",
+        f"--hub-api-port={at.hub_port}", "--hub-api-host=127.0.0.1",
+    ]  # fmt: skip
     with plant_log.open("wb") as out:
         plant = subprocess.Popen(plant_command, stdout=out, stderr=subprocess.STDOUT, env=env)
     agent: subprocess.Popen[bytes] | None = None
+    hub: subprocess.Popen[bytes] | None = None
+    hub_log = tmp_path / "hub.log"
     try:
         # The plant's healthcheck decides when the agent starts.
         ready = at.command("plant", "healthcheck")
@@ -151,6 +162,10 @@ def test_the_compose_files_plant_and_agent_run_together_and_the_healthcheck_pass
         with agent_log.open("wb") as out:
             agent = subprocess.Popen(
                 at.command("agent"), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
+            )
+        with hub_log.open("wb") as out:  # the hub service, as compose starts it
+            hub = subprocess.Popen(
+                at.command("hub"), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
             )
         plant.wait(90)
         assert plant.returncode == 0, plant_log.read_text()
@@ -171,8 +186,23 @@ def test_the_compose_files_plant_and_agent_run_together_and_the_healthcheck_pass
         # The store is on the agent's state volume, not on the read-only shared one.
         assert list(at.volumes["agent-state"].glob("edge-agent.db*"))
         assert not list(at.volumes["shared"].glob("*.db"))
+        # The hub got the lot and serves its footprint (its database on its own volume).
+        footprints = [*at.command("hub")[:-3], "footprints", "-c", at.command("hub")[-1]]
+        deadline = time.monotonic() + 30
+        listed = ""
+        while "lot:osaka-plant:B001-0001" not in listed and time.monotonic() < deadline:
+            time.sleep(0.5)
+            listed = subprocess.run(
+                footprints, capture_output=True, text=True, env=env, timeout=30, check=False
+            ).stdout
+        assert "lot:osaka-plant:B001-0001" in listed, listed + hub_log.read_text()
+        assert list(at.volumes["hub-state"].glob("hub.db*"))
+        assert hub.poll() is None, hub_log.read_text()
     finally:
         reap(plant)
+        if hub is not None:
+            hub.terminate()
+            hub.wait(20)
         if agent is not None:
             agent.terminate()
             agent.wait(20)

@@ -13,6 +13,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 LEFT_OUT = (".git", ".venv", "build", "*.egg-info", "demo-output", ".*_cache", ".hypothesis")
 
@@ -21,9 +23,18 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
-    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    text = (REPO / "deploy/requirements.lock").read_text()
+@pytest.mark.parametrize(
+    ("lock", "extras"),
+    [("deploy/requirements.lock", ()), ("deploy/requirements-hub.lock", ("hub",))],
+)
+def test_the_locks_pin_every_runtime_dependency_with_hashes(
+    lock: str, extras: tuple[str, ...]
+) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"]]
+    for extra in extras:
+        wanted += project["optional-dependencies"][extra]
+    text = (REPO / lock).read_text()
     entries = re.findall(
         r"^([A-Za-z0-9_.-]+)==([^\s;]+)(?: ;[^\\\n]*)?((?: \\\n\s+--hash=sha256:[0-9a-f]{64})+)",
         text,

@@ -23,24 +23,32 @@ UNIT = REPO / "deploy/edge-agent.service"
 MAX_EXPOSURE = 2.5
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_the_shipped_unit_is_sandboxed_to_at_most_2_5() -> None:
+UNITS = [(UNIT, "edge-agent"), (REPO / "deploy/edge-hub.service", "edge-hub")]
+needs_systemd = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
+
+
+@needs_systemd
+@pytest.mark.parametrize(("unit", "name"), UNITS)
+def test_the_shipped_units_are_sandboxed_to_at_most_2_5(unit: Path, name: str) -> None:
     result = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
-    stated = re.search(r"`systemd-analyze security edge-agent`: (\d+\.\d)", UNIT.read_text())
+    stated = re.search(rf"`systemd-analyze security {name}`: (\d+\.\d)", unit.read_text())
     assert stated, "the unit states its score"
     assert stated.group(1) == match.group(1)  # the comment in the unit is not stale
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_the_shipped_unit_verifies() -> None:
+@needs_systemd
+@pytest.mark.parametrize(("unit", "name"), UNITS)
+def test_the_shipped_units_verify(unit: Path, name: str) -> None:
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(UNIT)],
+        ["systemd-analyze", "verify", str(unit)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     # The agent is not installed under /opt on a test machine: that one complaint is expected.
@@ -49,7 +57,7 @@ def test_the_shipped_unit_verifies() -> None:
         for line in (result.stdout + result.stderr).splitlines()
         if line.strip() and "is not executable: No such file or directory" not in line
     ]
-    assert problems == []
+    assert problems == [], name
 
 
 def test_ready_watchdog_and_stopping_reach_the_notify_socket(
