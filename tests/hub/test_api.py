@@ -605,12 +605,6 @@ async def test_filter_names_are_matched_in_any_case(
     assert await _ids(http, token_a, GEOGRAPHY="XX", Status="Active") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SQL store matches productId/companyId/geography/classification values "
-    "case-sensitively; PACT 3.0's parameters say 'The match must be case-insensitive' "
-    "(edge_agent/hub/store, not the API, to fix)",
-)
 async def test_filter_values_are_matched_without_regard_to_case(
     http: httpx.AsyncClient, seeded: Seeded, token_a: str
 ) -> None:

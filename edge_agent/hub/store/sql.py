@@ -152,7 +152,8 @@ def _filter_conditions(
     if visible_products is not None:
         conditions.append(fp.product_id.in_(sorted(visible_products)))
     wanted = [
-        and_(terms.facet == facet, terms.value.in_(sorted(set(values))))
+        # PACT 3.0: "The match must be case-insensitive" — terms are stored case-folded.
+        and_(terms.facet == facet, terms.value.in_(sorted({v.casefold() for v in values})))
         for facet, values in (
             (FACET_PRODUCT, filters.product_ids),
             (FACET_COMPANY, filters.company_ids),
@@ -421,7 +422,7 @@ class SqlHubStore:
         }
         terms = sorted(
             {
-                (facet, value)
+                (facet, value.casefold())
                 for facet, found in (
                     (FACET_PRODUCT, row.product_ids),
                     (FACET_COMPANY, row.company_ids),
