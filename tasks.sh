@@ -3,7 +3,8 @@
 #   ./tasks.sh demo [--duration SECONDS]   simulated plant + MES + broker + agent, records printed live
 #   ./tasks.sh test                        ruff, mypy and the whole test suite
 # Each creates or updates the virtual environment in .venv, installs the project with its dev
-# extras, and installs Debian's mosquitto when it is missing (as root; otherwise says what to run).
+# extras, and installs Debian's mosquitto (and, for the tests, postgresql and nodejs/npm) when
+# missing (as root; otherwise says what to run).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${EDGE_AGENT_VENV:-.venv}"
@@ -34,6 +35,17 @@ ensure_system() {
     # The distribution's broker service is not needed: tests and the demo start their own.
 }
 
+ensure_test_system() {
+    # The hub's tests start their own PostgreSQL server (initdb + pg_ctl in a temporary folder)
+    # and run the WBCSD's PACT conformance tool (Node.js, its packages from the npm registry).
+    if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        need_root_or_say "postgresql"
+    fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        need_root_or_say "nodejs npm"
+    fi
+}
+
 ensure_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
@@ -54,7 +66,7 @@ case "$cmd" in
         exec "$VENV/bin/python" -m simulators.demo "$@"
         ;;
     test)
-        ensure_system; ensure_venv
+        ensure_system; ensure_test_system; ensure_venv
         echo "==> ruff"; "$VENV/bin/ruff" check .; "$VENV/bin/ruff" format --check .
         echo "==> mypy"; "$VENV/bin/mypy"
         echo "==> pytest"; exec "$VENV/bin/pytest" -q -p no:cacheprovider "$@"
