@@ -10,6 +10,8 @@ import pytest
 
 from edge_agent.hub.config import HubStoreConfig
 from edge_agent.hub.store import SqlHubStore, open_hub_store
+from simulators.tls import Pki, make_pki
+from tests.hub.api_support import Seeded, seed, sqlite_store
 from tests.hub.postgres import LocalPostgres, postgres_bindir
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -46,3 +48,22 @@ async def hub_store(hub_store_config: HubStoreConfig) -> AsyncIterator[SqlHubSto
     store = await open_hub_store(hub_store_config)
     yield store
     await store.close()
+
+
+# -- the API tests' fixtures: a test CA, a fresh SQLite store, seeded footprints ---------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqlHubStore]:
+    async with sqlite_store(tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def seeded(store: SqlHubStore) -> Seeded:
+    return await seed(store)

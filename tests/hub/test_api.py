@@ -8,7 +8,6 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +18,6 @@ from edge_agent.domain import iso_from_ns
 from edge_agent.errors import ConfigError
 from edge_agent.hub.api import create_app, listing, serve
 from edge_agent.hub.store import SqlHubStore
-from simulators.tls import make_pki
 from tests.hub.api_support import (
     PRODUCT_A,
     SECRET_A,
@@ -37,27 +35,9 @@ from tests.hub.api_support import (
     lot_footprint,
     next_link,
     running_api,
-    seed,
-    sqlite_store,
     two_customers,
 )
 from tests.unit.footprint_support import T0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlHubStore]:
-    async with sqlite_store(tmp_path) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def seeded(store: SqlHubStore) -> Seeded:
-    return await seed(store)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import pytest
 
 from edge_agent.hub.api import RecipientCredentials
 from edge_agent.hub.store import SqlHubStore
-from simulators.tls import make_pki
 from tests.hub.api_support import (
     PRODUCT_A,
     RECIPIENT_CLIENT_ID,
@@ -40,7 +38,6 @@ from tests.hub.api_support import (
     running_api,
     running_recipient,
     seed,
-    sqlite_store,
     two_customers,
 )
 from tests.unit.footprint_support import REFERENCE_DIR
@@ -154,17 +151,6 @@ def report(results: list[ToolResult]) -> str:
 @pytest.fixture
 def tool() -> Path:
     return prepared_tool()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlHubStore]:
-    async with sqlite_store(tmp_path) as opened:
-        yield opened
 
 
 @pytest.mark.timeout(RUN_TIMEOUT_S + 60)

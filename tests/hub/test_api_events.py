@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ import pytest
 
 from edge_agent.hub.api import RecipientCredentials, RetryPolicy
 from edge_agent.hub.store import SqlHubStore
-from simulators.tls import make_pki
 from tests.hub.api_support import (
     RECIPIENT_CLIENT_ID,
     RECIPIENT_SECRET,
@@ -32,8 +30,6 @@ from tests.hub.api_support import (
     event_problems,
     running_api,
     running_recipient,
-    seed,
-    sqlite_store,
     two_customers,
 )
 
@@ -43,22 +39,6 @@ FULFILLED = "org.wbcsd.pact.ProductFootprint.RequestFulfilledEvent.3"
 REJECTED = "org.wbcsd.pact.ProductFootprint.RequestRejectedEvent.3"
 CE = {"Content-Type": "application/cloudevents+json; charset=UTF-8"}
 FAST = RetryPolicy(attempts=4, first_delay_s=0.05, max_delay_s=0.2, timeout_s=5)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlHubStore]:
-    async with sqlite_store(tmp_path) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def seeded(store: SqlHubStore) -> Seeded:
-    return await seed(store)
 
 
 @pytest.fixture
