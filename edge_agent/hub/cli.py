@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from edge_agent.config import read_secret
 from edge_agent.domain import iso_from_ns
@@ -29,6 +30,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("run", "ingest records, issue footprints, serve the PACT API"),
         ("check", "validate the hub configuration (and reach its database)"),
         ("footprints", "list the footprints the hub serves"),
+        ("leave", "end this instance's broker session (decommission it: nothing queues for it)"),
     ):
         action = actions.add_parser(name, help=text)
         action.add_argument("-c", "--config", required=True, help="hub YAML configuration")
@@ -57,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
         return asyncio.run(_footprints(config))
     if args.hub_command == "resync":
         return asyncio.run(_resync(config, args.since, args.from_seq, args.gateway))
+    if args.hub_command == "leave":
+        return _leave(config)
     from edge_agent.hub.app import run_hub  # noqa: PLC0415
 
     return asyncio.run(run_hub(config))
@@ -128,9 +132,6 @@ async def _footprints(config: HubConfig) -> int:
 async def _resync(
     config: HubConfig, since_ns: int | None, from_seq: int | None, gateway: str | None
 ) -> int:
-    import paho.mqtt.client as paho  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
-
     if since_ns is None and from_seq is None:
         print("give --since and/or --from-seq", file=sys.stderr)
         return EXIT_CONFIG
@@ -141,15 +142,7 @@ async def _resync(
         body["from_seq"] = from_seq
     if gateway:
         body["gateway"] = gateway
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"{config.mqtt.client_id}-resync-{int(time.time())}",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
-    if config.mqtt.username:
-        client.username_pw_set(config.mqtt.username, read_secret(config.mqtt, "mqtt"))
-    if config.mqtt.tls is not None:
-        client.tls_set(ca_certs=str(config.mqtt.tls.ca_file) if config.mqtt.tls.ca_file else None)
+    client = _client(config, f"{config.mqtt.client_id}-resync-{int(time.time())}")
     try:
         client.connect(config.mqtt.host, config.mqtt.port, keepalive=10)
     except OSError as exc:
@@ -164,6 +157,49 @@ async def _resync(
     finally:
         client.disconnect()
         client.loop_stop()
+    return EXIT_OK
+
+
+def _client(config: HubConfig, client_id: str) -> Any:
+    import paho.mqtt.client as paho  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: PLC0415
+
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    if config.mqtt.username:
+        client.username_pw_set(config.mqtt.username, read_secret(config.mqtt, "mqtt"))
+    if config.mqtt.tls is not None:
+        client.tls_set(ca_certs=str(config.mqtt.tls.ca_file) if config.mqtt.tls.ca_file else None)
+    return client
+
+
+def _leave(config: HubConfig) -> int:
+    """Connect as this instance with a clean start and no session expiry, then disconnect: the
+    broker drops the instance's session and its shared subscriptions, so no record is queued for
+    an instance that will not come back (Mosquitto would otherwise hand it its share until the
+    session expires). Run it with the instance stopped."""
+    from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
+    from paho.mqtt.properties import Properties  # noqa: PLC0415
+
+    client = _client(config, config.mqtt.client_id)
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0
+    try:
+        client.connect(
+            config.mqtt.host, config.mqtt.port, keepalive=10, clean_start=True,
+            properties=properties,
+        )  # fmt: skip
+    except OSError as exc:
+        print(f"mqtt: cannot reach {config.mqtt.host}:{config.mqtt.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    client.loop_start()
+    time.sleep(0.5)
+    client.disconnect()
+    client.loop_stop()
+    print(f"session of {config.mqtt.client_id} ended at {config.mqtt.host}:{config.mqtt.port}")
     return EXIT_OK
 
 
