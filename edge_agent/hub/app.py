@@ -18,12 +18,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from edge_agent.domain import NS_PER_S
 from edge_agent.hub.assemble import Assembler, period_of
 from edge_agent.hub.config import HubConfig
 from edge_agent.hub.ingest import RecordIngest
-from edge_agent.hub.model import HubStore, IncomingRecord
+from edge_agent.hub.model import FootprintRow, HubStore, IncomingRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Hub:
         # (site, product, period start) whose ended period needs its product footprint
         self._periods: set[tuple[str, str, datetime]] = set()
         self.resync_requests = 0
+        self.api: Any = None  # the running API's HubApi (PublishedEvent notifications)
         self._holes: dict[str, tuple[int, int]] = {}  # gateway -> first hole at the last look
 
     async def _on_records(self, records: Sequence[IncomingRecord]) -> None:
@@ -61,6 +63,7 @@ class Hub:
             if row is None:
                 continue
             issued += 1
+            self._announce(row)
             period = self.config.product_period
             if period is not None:
                 start, _ = period_of(row.validity_start_ns, period)
@@ -84,9 +87,16 @@ class Hub:
             if end.timestamp() * NS_PER_S > now_ns:
                 continue  # not ended yet
             self._periods.discard((site_id, product_id, start))
-            if await self.assembler.product_period(site_id, product_id, start, end, now_ns):
+            row = await self.assembler.product_period(site_id, product_id, start, end, now_ns)
+            if row is not None:
                 issued += 1
+                self._announce(row)
         return issued
+
+    def _announce(self, row: FootprintRow) -> None:
+        """A PublishedEvent to every customer with an events endpoint who may see it."""
+        if self.api is not None:
+            self.api.notify_published([row])
 
     async def request_resync(self, *, persisting_only: bool = False) -> int:
         """Ask every gateway with holes in its record sequence to publish them again;
@@ -150,7 +160,16 @@ class Hub:
 
             key_file = self.config.api.token_key_file
             token_key = key_file.read_bytes().strip() if key_file is not None else None
-            app = create_app(self.config.api, self.store, token_key=token_key)
+            endpoints, credentials = recipients(self.config)
+            app = create_app(
+                self.config.api,
+                self.store,
+                token_key=token_key,
+                recipient_endpoints=endpoints,
+                recipient_credentials=credentials,
+                public_url=self.config.api.public_url,
+            )
+            self.api = app.state.hub_api
             server = asyncio.create_task(serve(app, self.config.api), name="api")
             tasks.append(server)
         try:
@@ -178,6 +197,29 @@ class Hub:
                 await task
         await self.ingest.stop()
         return status
+
+
+def recipients(config: HubConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """Per client, its events URL; per recipient origin, the credentials to use there."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    from edge_agent.config import read_secret  # noqa: PLC0415
+    from edge_agent.hub.api.events import RecipientCredentials  # noqa: PLC0415
+
+    endpoints: dict[str, str] = {}
+    credentials: dict[str, Any] = {}
+    for index, client in enumerate(config.api.clients):
+        if client.events_url is None:
+            continue
+        endpoints[client.id] = client.events_url
+        given = client.events_credentials
+        if given is not None:
+            secret = read_secret(given, f"api.clients[{index}].events_credentials") or ""
+            parts = urlsplit(client.events_url)
+            credentials[f"{parts.scheme}://{parts.netloc}"] = RecipientCredentials(
+                given.client_id, secret
+            )
+    return endpoints, credentials
 
 
 async def run_hub(config: HubConfig) -> int:

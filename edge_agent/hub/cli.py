@@ -69,7 +69,13 @@ def main(args: argparse.Namespace) -> int:
 def _preflight(config: HubConfig) -> None:
     """What ``run`` needs from the machine: secrets and the TLS files, readable."""
     problems: list[str] = []
-    for ref, what in ((config.mqtt, "mqtt"), (config.store, "store")):
+    refs: list[tuple[Any, str]] = [(config.mqtt, "mqtt"), (config.store, "store")]
+    refs += [
+        (client.events_credentials, f"api.clients[{index}].events_credentials")
+        for index, client in enumerate(config.api.clients)
+        if client.events_credentials is not None
+    ]
+    for ref, what in refs:
         try:
             read_secret(ref, what)
         except ConfigError as exc:

@@ -89,6 +89,12 @@ class HubStoreConfig(StrictModel):
         return self
 
 
+class EventsCredentials(SecretRef):
+    """The OAuth 2 client credentials a customer gave this hub for its own host."""
+
+    client_id: Annotated[str, Field(min_length=1)]
+
+
 class ApiClient(StrictModel):
     """A customer: OAuth 2 client credentials and the products shared with it."""
 
@@ -96,6 +102,10 @@ class ApiClient(StrictModel):
     # `edge-agent hub hash-secret` makes it; the secret itself is never stored.
     secret_hash: Annotated[str, Field(pattern=r"^scrypt\$")]
     products: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # The customer's own PACT events endpoint (https): new footprints of its products are
+    # announced there (PublishedEvent), with the credentials it gave this hub.
+    events_url: Annotated[str, Field(pattern=r"^https://")] | None = None
+    events_credentials: EventsCredentials | None = None
 
 
 class HubApiConfig(StrictModel):
@@ -107,6 +117,8 @@ class HubApiConfig(StrictModel):
     # Key that signs the access tokens, shared by every instance behind one load balancer
     # (else $EDGE_HUB_TOKEN_KEY / $EDGE_HUB_TOKEN_KEY_FILE, else a random per-process key).
     token_key_file: Path | None = None
+    # This API's base URL as customers reach it (the source of the events it sends).
+    public_url: Annotated[str, Field(pattern=r"^https://")] | None = None
     clients: list[ApiClient] = Field(default_factory=list)
 
 
