@@ -36,7 +36,7 @@ async def test_configured_and_derived_standards_and_their_deviation(
     async with harness:
         assert harness.mes is not None
         truth = await run_plan(
-            harness.machines, harness.mes, lots, steps=STEPS, step_s=1.5, concurrent=False
+            harness.machines, harness.mes, lots, steps=STEPS, step_s=1.0, concurrent=False
         )
         consumer = harness.consumer
         assert consumer is not None

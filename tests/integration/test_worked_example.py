@@ -70,7 +70,7 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
     mosquitto: LocalMosquitto, tmp_path: Path
 ) -> None:
     now = time.time_ns()
-    CHANGE_AT[0] = (now // NS_PER_S + 12) * NS_PER_S  # mid-lot: about the third step
+    CHANGE_AT[0] = (now // NS_PER_S + 9) * NS_PER_S  # mid-lot: about the third step
     harness = PlantHarness(
         tmp_path, mosquitto.host, mosquitto.port, balance={"period_s": 5, "settle_s": 2.0}
     )
@@ -82,7 +82,7 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         ]
     )
     async with harness:
-        truth = await harness.run_plan([LotPlan("LOT-ENCL", "ENCL-400x300", 20)], step_s=3.0)
+        truth = await harness.run_plan([LotPlan("LOT-ENCL", "ENCL-400x300", 20)], step_s=2.0)
         consumer = harness.consumer
         assert consumer is not None
         assert await consumer.wait_for(orders=len(truth), lots=1, timeout_s=30)
