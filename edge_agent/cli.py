@@ -63,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problems:
                 raise ConfigError(problems)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        exc.report(args.config)
         return EXIT_CONFIG
     if args.command == "check":
         print(summarise(config))

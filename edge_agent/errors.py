@@ -19,6 +19,8 @@ depends on pymodbus, asyncua or paho exception types.
 
 from __future__ import annotations
 
+import sys
+
 
 class EdgeAgentError(Exception):
     """Base of every error edge-agent raises on purpose."""
@@ -30,6 +32,12 @@ class ConfigError(EdgeAgentError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def report(self, source: str) -> None:
+        """On stderr, as every command prints them: a count, then one line per problem."""
+        print(f"{source}: {len(self.problems)} problem(s)", file=sys.stderr)
+        for problem in self.problems:
+            print(f"  {problem}", file=sys.stderr)
 
 
 class SourceError(EdgeAgentError):

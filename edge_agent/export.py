@@ -371,9 +371,7 @@ def export_footprints(
     try:
         info = footprint_info(site, footprint, footprint_file)
     except ConfigError as exc:
-        print(f"{footprint_file or 'footprint'}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
+        exc.report(str(footprint_file or "footprint"))
         return EXIT_USAGE
     if not store_path.exists():
         print(f"no database at {store_path} yet (the agent has not run)", file=sys.stderr)

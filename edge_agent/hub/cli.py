@@ -49,9 +49,7 @@ def main(args: argparse.Namespace) -> int:
         config = load_hub_config(Path(args.config))
         _preflight(config)
     except ConfigError as exc:
-        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        exc.report(args.config)
         return EXIT_CONFIG
     if args.hub_command == "check":
         return asyncio.run(_check(config))
