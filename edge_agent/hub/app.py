@@ -43,6 +43,7 @@ class Hub:
         self._wake = asyncio.Event()
         # (site, product, period start) whose ended period needs its product footprint
         self._periods: set[tuple[str, str, datetime]] = set()
+        self._last_ended: datetime | None = None  # the last ended period already looked at
         self.resync_requests = 0
         self.api: Any = None  # the running API's HubApi (PublishedEvent notifications)
         self._holes: dict[str, tuple[int, int]] = {}  # gateway -> first hole at the last look
@@ -78,9 +79,12 @@ class Hub:
             return 0
         previous_start, _ = period_of(now_ns, period)
         last_ended, _ = period_of(int(previous_start.timestamp()) * NS_PER_S - 1, period)
-        for site in self.config.sites:
-            for product_id in self.config.footprint.products:
-                self._periods.add((site.id, product_id, last_ended))
+        if last_ended != self._last_ended:
+            # Once per period (and at start-up): later changes come as touched periods.
+            self._last_ended = last_ended
+            for site in self.config.sites:
+                for product_id in self.config.footprint.products:
+                    self._periods.add((site.id, product_id, last_ended))
         issued = 0
         for site_id, product_id, start in sorted(self._periods):
             _, end = period_of(int(start.timestamp()) * NS_PER_S, period)
