@@ -23,29 +23,33 @@ KEYS = ("running_time", "direct_energy", "quantity", "equal")
 
 @st.composite
 def plants(draw: st.DrawFn) -> tuple[list[tuple[Interval, float, float]], list[ServedOrder]]:
-    start = draw(st.integers(0, 10_000)) * S // 7
-    length = draw(st.integers(1, 600)) * S // 3
     step = draw(st.sampled_from([1, 5, 60])) * S
-    intervals = allocation_intervals(Interval(start, start + length), step)
-    energies = []
-    for interval in intervals:
-        energy = draw(st.floats(0, 50, allow_nan=False))
-        energies.append((interval, energy, energy * draw(st.floats(0, 1))))
+    count = draw(st.integers(1, 40))  # allocation intervals
+    start = draw(st.integers(0, 10_000)) * S // 7
+    end = (start // step + count) * step - draw(st.integers(0, step // S - 1)) * S // 2
+    intervals = allocation_intervals(Interval(start, max(end, start + 1)), step)
+    n = len(intervals)
+    values = draw(st.lists(st.floats(0, 50, allow_nan=False), min_size=n, max_size=n))
+    shares = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+    energies = [(i, e, e * m) for i, e, m in zip(intervals, values, shares, strict=True)]
+    length = intervals[-1].end_ns - start
     orders = []
     for index in range(draw(st.integers(0, 6))):
         a = draw(st.integers(start - length, start + length))
         b = draw(st.integers(a + 1, a + 2 * length + 1))
+        direct_values = draw(st.lists(st.floats(0, 10, allow_nan=False), min_size=n, max_size=n))
+        picked = draw(st.lists(st.booleans(), min_size=n, max_size=n))
         direct = {
-            i.start_ns: draw(st.floats(0, 10, allow_nan=False))
-            for i in intervals
-            if draw(st.booleans())
+            i.start_ns: v
+            for i, v, keep in zip(intervals, direct_values, picked, strict=True)
+            if keep
         }
         quantity = draw(st.one_of(st.none(), st.floats(0, 1000, allow_nan=False)))
         orders.append(ServedOrder(f"o{index}", (Interval(a, b),), quantity, direct))
     return energies, orders
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(plants(), st.sampled_from(KEYS))
 def test_orders_and_unallocated_add_up_to_the_shared_energy(
     plant: tuple[list[tuple[Interval, float, float]], list[ServedOrder]], key: str
