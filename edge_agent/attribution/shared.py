@@ -63,7 +63,9 @@ class SharedInterval:
 
     def share_of(self, order_id: str) -> float:
         weight = self.weights.get(order_id, 0.0)
-        return self.energy * weight / self.total_weight if weight > 0 else 0.0
+        # The ratio first: weight / total is at most 1, so tiny weights cannot overflow the
+        # product or lose it to subnormal rounding.
+        return self.energy * (weight / self.total_weight) if weight > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,9 @@ def allocate_shared(
             unallocated.append(energy)
             continue
         for order_id, weight in weights.items():
-            allocated[order_id].append(energy * weight / total_weight)
-            measured[order_id].append(measured_part * weight / total_weight)
+            fraction = weight / total_weight
+            allocated[order_id].append(energy * fraction)
+            measured[order_id].append(measured_part * fraction)
     orders_energy = {order_id: math.fsum(parts) for order_id, parts in allocated.items()}
     return SharedAllocation(
         key=key,

@@ -120,3 +120,12 @@ def test_cutting_at_factor_changes_keeps_the_activity_and_uses_each_rows_value(
     got = math.fsum(u.activity * u.factor.value for u in uses)
     assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
     assert bool(flags) == (window.end_ns > table_end)
+
+
+def test_a_subnormal_weight_gives_the_whole_interval_not_more() -> None:
+    # Found by the property test: energy x weight underflowed before the division.
+    interval = Interval(340 * S, 341 * S)
+    order = ServedOrder("o0", (Interval(287 * S, 344 * S),), None, {340 * S: 5e-324})
+    result = allocate_shared([(interval, 1.5, 0.0)], [order], "direct_energy")
+    assert result.orders["o0"] == 1.5
+    assert result.unallocated == 0.0
