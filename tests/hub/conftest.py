@@ -6,12 +6,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edge_agent.hub.config import HubStoreConfig
 from edge_agent.hub.store import SqlHubStore, open_hub_store
 from simulators.tls import Pki, make_pki
-from tests.hub.api_support import Seeded, seed, sqlite_store
+from tests.hub.api_support import (
+    SECRET_A,
+    RunningApi,
+    Seeded,
+    access_token,
+    api_client,
+    seed,
+    sqlite_store,
+)
 from tests.hub.postgres import LocalPostgres, postgres_bindir
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -67,3 +76,17 @@ async def store(tmp_path: Path) -> AsyncIterator[SqlHubStore]:
 @pytest.fixture
 async def seeded(store: SqlHubStore) -> Seeded:
     return await seed(store)
+
+
+# An API over HTTPS (each module's own `api` fixture) and customer A's token there.
+
+
+@pytest.fixture
+async def http(pki: Pki, api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(pki, api.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def token_a(http: httpx.AsyncClient) -> str:
+    return await access_token(http, "customer-a", SECRET_A)

@@ -46,17 +46,6 @@ async def api(pki: Pki, store: SqlHubStore, seeded: Seeded) -> AsyncIterator[Run
         yield running
 
 
-@pytest.fixture
-async def http(pki: Pki, api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(pki, api.base_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def token_a(http: httpx.AsyncClient) -> str:
-    return await access_token(http, "customer-a", SECRET_A)
-
-
 async def _ids(http: httpx.AsyncClient, token: str, **params: Any) -> list[str]:
     response = await http.get("/3/footprints", params=params, headers=bearer(token))
     assert response.status_code == 200, response.text

@@ -18,14 +18,12 @@ from edge_agent.hub.store import SqlHubStore
 from tests.hub.api_support import (
     RECIPIENT_CLIENT_ID,
     RECIPIENT_SECRET,
-    SECRET_A,
     SECRET_B,
     Pki,
     Recipient,
     RunningApi,
     Seeded,
     access_token,
-    api_client,
     bearer,
     event_problems,
     running_api,
@@ -65,17 +63,6 @@ async def api(
         public_url="https://hub.example-enclosures.co.jp",
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def http(pki: Pki, api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
-    async with api_client(pki, api.base_url) as client:
-        yield client
-
-
-@pytest.fixture
-async def token_a(http: httpx.AsyncClient) -> str:
-    return await access_token(http, "customer-a", SECRET_A)
 
 
 def _event(event_type: str, data: dict[str, Any], source: str, **extra: Any) -> dict[str, Any]:
