@@ -66,7 +66,9 @@ def parse_config(data: Any, base_dir: Path) -> AgentConfig:
         )
     profile_dirs = [base_dir / "profiles"]
     try:
-        config = AgentConfig.model_validate(data, context={"profile_dirs": profile_dirs})
+        config = AgentConfig.model_validate(
+            data, context={"profile_dirs": profile_dirs, "profiles": {}}
+        )
     except ValidationError as exc:
         problems = [format_error(error) for error in exc.errors()]
         raise ConfigError(sorted(set(problems), key=problems.index)) from None

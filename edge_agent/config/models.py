@@ -302,8 +302,8 @@ class ModbusMeterBase(MeterBase):
             return data
         from edge_agent.config.profiles import merge_profile  # noqa: PLC0415 (cycle)
 
-        dirs = (info.context or {}).get("profile_dirs", ())
-        merged = merge_profile(data, dirs)
+        context = info.context or {}
+        merged = merge_profile(data, context.get("profile_dirs", ()), context.get("profiles"))
         overrides = data.get("points")
         points = merged.get("points")
         if isinstance(overrides, dict) and isinstance(points, dict):

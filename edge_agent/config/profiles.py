@@ -28,7 +28,13 @@ def available_profiles(dirs: Sequence[Path]) -> list[str]:
     return sorted(names)
 
 
-def load_profile(name: str, dirs: Sequence[Path]) -> dict[str, Any]:
+def load_profile(
+    name: str, dirs: Sequence[Path], cache: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The profile's mapping; with ``cache``, each profile file is read once per configuration
+    (a 1,000-meter site names the same profile 1,000 times)."""
+    if cache is not None and name in cache:
+        return cache[name]
     for folder in profile_search_path(dirs):
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
@@ -42,6 +48,8 @@ def load_profile(name: str, dirs: Sequence[Path]) -> dict[str, Any]:
                     file=candidate,
                     keys=", ".join(sorted(unknown)),
                 )
+            if cache is not None:
+                cache[name] = data
             return data
     raise invalid(
         "{name!r} is not a known profile (available: {known})",
@@ -50,9 +58,14 @@ def load_profile(name: str, dirs: Sequence[Path]) -> dict[str, Any]:
     )
 
 
-def merge_profile(meter: dict[str, Any], dirs: Sequence[Path]) -> dict[str, Any]:
-    """Return the meter mapping with its profile's points merged under its own."""
-    profile = load_profile(str(meter["profile"]), dirs)
+def merge_profile(
+    meter: dict[str, Any],
+    dirs: Sequence[Path],
+    cache: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the meter mapping with its profile's points merged under its own (the profile's
+    mapping is only read: ``cache`` may hand the same one to every meter)."""
+    profile = load_profile(str(meter["profile"]), dirs, cache)
     defaults: dict[str, Any] = dict(profile.get("defaults") or {})
     points: dict[str, Any] = {
         name: {**defaults, **(spec or {})} for name, spec in profile["points"].items()

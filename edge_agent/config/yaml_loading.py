@@ -15,7 +15,12 @@ from typing import Any
 import yaml
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser, where PyYAML was built with it, reads a 1,000-meter file ~10x faster than
+# the pure-Python one; constructors and resolvers (the rules above) are the same either way.
+_BaseLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     pass
 
 
