@@ -44,6 +44,7 @@ class FirstRequests:
         self.count = count
         self.first_ns: dict[int, int] = {}
         self._servers: list[asyncio.Server] = []
+        self.first_seen = asyncio.Event()
         self.all_seen = asyncio.Event()
 
     async def __aenter__(self) -> FirstRequests:
@@ -61,12 +62,16 @@ class FirstRequests:
 
     def reset(self) -> None:
         self.first_ns.clear()
+        self.first_seen.clear()
         self.all_seen.clear()
 
-    async def _serve(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             if await reader.read(260):
                 self.first_ns.setdefault(port, time.time_ns())
+                self.first_seen.set()
                 if len(self.first_ns) == self.count:
                     self.all_seen.set()
             await reader.read()  # hold the connection open, silent, until the client goes
@@ -103,10 +108,10 @@ async def time_process(
     )
     try:
         deadline = time.monotonic() + timeout_s
-        while not listeners.first_ns and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
-        if not listeners.first_ns:
-            raise RuntimeError(f"no request within {timeout_s:g} s from {command}")
+        try:
+            await asyncio.wait_for(listeners.first_seen.wait(), timeout_s)
+        except TimeoutError:
+            raise RuntimeError(f"no request within {timeout_s:g} s from {command}") from None
         first = (min(listeners.first_ns.values()) - launched) / 1e9
         every: float | None = None
         if wait_all:
@@ -126,8 +131,12 @@ def config_read_s(path: Path) -> float:
         "t = time.perf_counter(); load_config(pathlib.Path(__import__('sys').argv[1])); "
         "print(time.perf_counter() - t)"
     )
-    out = subprocess.run(  # noqa: ASYNC221 (a benchmark between measurements)
-        [sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, check=True
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(out.stdout.strip())
 
@@ -186,7 +195,9 @@ async def measure(meters: int, rounds: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--meters", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: 50 meters, one round")
@@ -205,7 +216,9 @@ def main() -> None:
         every = statistics.median(result["agent_all_polled_s"])
         bare = statistics.median(result["bare_first_read_s"])
         reading = statistics.median(result["config_read_s"])
-        print(f"{count:6d}  {first:21.3f}  {every:12.3f}  {reading:13.3f}  {bare:26.3f}", flush=True)
+        print(
+            f"{count:6d}  {first:21.3f}  {every:12.3f}  {reading:13.3f}  {bare:26.3f}", flush=True
+        )
         rows.append({
             "figure": f"start-up to first poll, {count:,} meters (median of {args.rounds})",
             "agent": round(first, 3), "baseline": round(bare, 3), "unit": "s",

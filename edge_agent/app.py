@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from edge_agent.balances import BalanceKeeper
-from edge_agent.batching import SampleBatcher
+from edge_agent.batching import OtherPointThinning, SampleBatcher
 from edge_agent.clock import Clock, SteadyClock
 from edge_agent.clockwatch import ClockWatch
 from edge_agent.config import AgentConfig, load_config
@@ -66,6 +66,8 @@ class Agent:
         self.engine: OrderEngine | None = None
         self.balances: BalanceKeeper | None = None
         self.batcher: SampleBatcher | None = None
+        other = config.store.other_points
+        self.thinning = OtherPointThinning(other.every_s, other.on_change)
         self.publisher: OutboxPublisher | None = None
         self.intake: MesIntake | None = None
         self.clock_watch: ClockWatch | None = None
@@ -173,6 +175,7 @@ class Agent:
 
     def _build_monitor(self) -> Monitor:
         store, batcher, publisher = self.store, self.batcher, self.publisher
+        thinning = self.thinning
         assert store is not None
         assert batcher is not None
         assert publisher is not None
@@ -181,6 +184,7 @@ class Agent:
             intake = self.intake
             return {
                 "samples_stored": batcher.written,
+                "samples_thinned": thinning.thinned,
                 "records_published": publisher.published,
                 "records_enqueued": self.engine.records_enqueued if self.engine else 0,
                 "mes_accepted": intake.accepted if intake else 0,
@@ -203,8 +207,10 @@ class Agent:
         assert batcher is not None
         assert monitor is not None
 
+        keep = self.thinning.keep
+
         def sink(samples: Sequence[Sample]) -> None:
-            batcher.put(samples)
+            batcher.put(keep(samples))
             stats = getattr(source, "stats", None)  # Modbus connections time each read
             monitor.on_samples(samples, getattr(stats, "last_latency_s", None))
 

@@ -1,5 +1,9 @@
 """Samples from every source flow through one bounded queue into batched store writes.
 
+Before the queue, :class:`OtherPointThinning` keeps only some samples of points of role
+``other`` (store.other_points): attribution never reads them, and on a Raspberry Pi's SD card
+storing five voltages and currents per meter every second is most of the bytes written.
+
 Sources call :meth:`SampleBatcher.put` from the event loop (it never blocks them). The writer
 commits one transaction per batch — by count or by age, whichever comes first — because one
 commit per sample is hundreds of times slower on SD cards. When the store is failing, samples wait
@@ -15,10 +19,53 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from edge_agent.domain import Sample
+from edge_agent.domain import NS_PER_S, PointRole, Quality, Sample
 from edge_agent.tasks import wait_event
 
 log = logging.getLogger(__name__)
+
+
+class OtherPointThinning:
+    """Which samples of ``other``-role points are stored; every other sample passes.
+
+    A point's sample is stored when it is the first one seen, when its quality differs from the
+    last stored one (a failure and its recovery are always on record), when it falls in a new
+    ``every_s`` slot of the UTC clock (so one per minute lands at each minute, with no drift),
+    and, with ``on_change``, when its value moved by more than that from the last stored value.
+    """
+
+    def __init__(self, every_s: float, on_change: float | None) -> None:
+        self._slot_ns = round(every_s * NS_PER_S)
+        self._on_change = on_change
+        self._last: dict[tuple[str, str], tuple[int, float | None, Quality]] = {}
+        self.thinned = 0  # samples not stored
+
+    def keep(self, samples: Sequence[Sample]) -> Sequence[Sample]:
+        if self._slot_ns == 0:
+            return samples
+        kept: list[Sample] = []
+        last = self._last
+        for sample in samples:
+            if sample.role is not PointRole.OTHER:
+                kept.append(sample)
+                continue
+            key = (sample.meter_id, sample.point)
+            previous = last.get(key)
+            if previous is None or self._due(previous, sample):
+                last[key] = (sample.ts_ns // self._slot_ns, sample.value, sample.quality)
+                kept.append(sample)
+            else:
+                self.thinned += 1
+        return kept
+
+    def _due(self, previous: tuple[int, float | None, Quality], sample: Sample) -> bool:
+        slot, value, quality = previous
+        if sample.quality is not quality or sample.ts_ns // self._slot_ns != slot:
+            return True
+        if self._on_change is None or sample.value is None or value is None:
+            return False
+        moved = abs(sample.value - value)
+        return moved > self._on_change if self._on_change > 0 else moved != 0
 
 
 class SampleBatcher:

@@ -628,12 +628,25 @@ class MesConfig(StrictModel):
     batch_max_messages: Annotated[int, Field(ge=1, le=10_000)] = 500
 
 
+class OtherPointsStorage(StrictModel):
+    """How often points of role ``other`` (voltages, currents, frequency: shown and stored, never
+    attributed) reach the database; energy, power and state points are stored at every poll.
+    On a gateway with an SD card, most of what the agent writes is raw samples."""
+
+    # At most one stored sample per point per this many seconds; 0 stores every poll.
+    every_s: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    # Also store a sample at once when its value moved by more than this (in the point's unit)
+    # from the last stored one; 0 stores every change. None: only by ``every_s``.
+    on_change: Annotated[float, Field(ge=0)] | None = None
+
+
 class StoreConfig(StrictModel):
     path: Path = Path("edge-agent.db")
     retention_days: Annotated[float, Field(gt=0)] = 30.0
     outbox_budget_mb: Annotated[float, Field(gt=0)] = 512.0
     batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_max_delay_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    other_points: OtherPointsStorage = Field(default_factory=OtherPointsStorage)
 
 
 class ClockConfig(StrictModel):

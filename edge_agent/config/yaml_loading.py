@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-
 # libyaml's parser, where PyYAML was built with it, reads a 1,000-meter file ~10x faster than
 # the pure-Python one; constructors and resolvers (the rules above) are the same either way.
 _BaseLoader = yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader
@@ -44,7 +43,8 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
-    return loader.construct_mapping(node, deep=True)
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
 
 
 _StrictLoader.add_constructor(

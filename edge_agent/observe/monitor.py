@@ -225,6 +225,7 @@ class _SnapshotCollector(Collector):
         counters = snapshot.counters
         for name, help_text in (
             ("samples_stored", "Raw samples written to the store."),
+            ("samples_thinned", "Samples of 'other' points not stored (store.other_points)."),
             ("records_published", "Records acknowledged by the broker."),
             ("records_enqueued", "Order and lot records put in the outbox."),
         ):
