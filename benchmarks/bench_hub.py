@@ -11,8 +11,11 @@
 
     python benchmarks/bench_hub.py                    # SQLite and PostgreSQL (if installed)
     python benchmarks/bench_hub.py --records 2000 --footprints 1000 --requests 50   # smoke
+    python benchmarks/bench_hub.py --quick --json hub.json   # CI's smoke run, SQLite only
 
-Prints a table and writes ``--json`` (default benchmarks/results/bench_hub.json).
+Prints a table and writes ``--json`` (default benchmarks/results/bench_hub.json; a ``--quick``
+run writes only where ``--json`` says) in the benchmarks' common shape (benchmarks/common.py):
+hub vs bare-library rows on top, every figure under ``details``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from starlette.routing import Route
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import write_result  # noqa: E402
 from edge_agent.footprint import build_pact_v3  # noqa: E402
 from edge_agent.hub.api import ApiServer, create_app, hash_secret  # noqa: E402
 from edge_agent.hub.assemble import footprint_row  # noqa: E402
@@ -139,7 +143,7 @@ def bare_subscriber_rate(broker: LocalMosquitto, payloads: list[bytes]) -> float
 async def hub_ingest_rate(broker: LocalMosquitto, store: HubStore, payloads: list[bytes]) -> float:
     config = HubConfig(
         sites=[HubSite(id=SITE, topic_prefix="bench")],
-        mqtt={"host": broker.host, "port": broker.port,  # type: ignore[arg-type]
+        mqtt={"host": broker.host, "port": broker.port,
               "client_id": f"bench-hub-{uuid.uuid4().hex[:6]}",
               # A group of its own: Mosquitto would hand half the records to the previous
               # run's session, still subscribed (docs/hub.md, "Ingest").
@@ -297,6 +301,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def contract_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per backend: the hub against the bare library in the same run (run_all.py's rows)."""
+    rows: list[dict[str, Any]] = []
+    bare = result["bare_paho_msgs_per_s"]
+
+    def row(figure: str, agent: float, baseline: float | None, unit: str) -> None:
+        rows.append(
+            {"figure": figure, "agent": round(agent, 2),
+             "baseline": None if baseline is None else round(baseline, 2), "unit": unit,
+             "ratio": round(agent / baseline, 3) if baseline else None, "goal": "",
+             "met": None}
+        )  # fmt: skip
+
+    for name, figures in result["backends"].items():
+        api = figures["api"]
+        over = f"over {result['footprints']:,} footprints, {name}"
+        row(f"hub ingest, ~2 KB order records committed then acknowledged, {name} "
+            "(baseline: bare paho QoS 1 subscriber, no database)",
+            figures["ingest_records_per_s"], bare, "records/s")  # fmt: skip
+        for q in ("p50", "p99"):
+            row(f"GET /3/footprints?limit=100 {q} {over} (baseline: the same bytes from a bare "
+                "Starlette route, same uvicorn and TLS)",
+                api["list 100"][f"{q}_ms"], api["bare"][f"{q}_ms"], "ms")  # fmt: skip
+            row(f"GET /3/footprints?limit=100&geography=JP&status=Active {q} {over} "
+                "(no bare equivalent)", api["filtered"][f"{q}_ms"], None, "ms")  # fmt: skip
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=10_000)
@@ -304,8 +336,15 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--dir", default=None, help="folder for the SQLite file (its disk)")
-    parser.add_argument("--json", default=str(REPO / "benchmarks/results/bench_hub.json"))
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run on SQLite")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default benchmarks/results/bench_hub.json"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.records, args.footprints, args.requests, args.backends = 300, 100, 15, ["sqlite"]
+    elif args.json is None:
+        args.json = REPO / "benchmarks/results/bench_hub.json"
     result = asyncio.run(run(args))
     print(f"bare paho QoS 1 subscriber: {result['bare_paho_msgs_per_s']:,.0f} msgs/s")
     for name, figures in result["backends"].items():
@@ -319,10 +358,20 @@ def main() -> int:
             f"bytes: p50 {api['bare']['p50_ms']:.1f} ms p99 {api['bare']['p99_ms']:.1f} ms "
             f"(p50 ratio {api['list 100']['p50_ms'] / api['bare']['p50_ms']:.1f})"
         )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    rows = contract_rows(result)
+    write_result(
+        args.json,
+        benchmark="hub",
+        title="Plant hub: ingest and API vs bare paho / bare Starlette",
+        rows=rows,
+        details=result,
+    )
+    if not result["backends"] or any(
+        row["agent"] <= 0 or (row["baseline"] is not None and row["baseline"] <= 0) for row in rows
+    ):
+        print("FAILED: no backend measured, or a zero measurement", file=sys.stderr)
+        return 1
     return 0
 
 

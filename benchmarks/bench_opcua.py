@@ -1,23 +1,36 @@
-"""OPC UA throughput: values per second in read and subscribe mode, and the agent's CPU.
+"""OPC UA: the agent's source against a bare asyncua client doing the same reads, in one run.
 
-The simulated machines (3 nodes each) run in a separate process; this process runs only the
-agent's OPC UA source.
+The simulated machines (3 nodes each: State, ActivePower, EnergyTotal) run in one asyncua
+server process for the whole run; this process runs, one after the other against that same
+server, the agent's OPC UA source and the baseline: a bare asyncua client doing the same work —
+in ``read`` mode one batched Read of every node per interval, in ``subscribe`` mode the same
+subscription (publishing interval = the interval, sampling at half of it), the last value of
+every node taken each interval. Figures per mode and interval: good values/s and CPU µs per
+value (this process's CPU over the measuring window), agent and baseline, and the ratio.
 
     python benchmarks/bench_opcua.py --machines 167 --interval 1 --interval 0.2 --seconds 10
+    python benchmarks/bench_opcua.py --quick --json opcua.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asyncua import Client, ua
+
+from benchmarks.common import write_result
 from edge_agent.clock import SystemClock
 from edge_agent.config import parse_config
 from edge_agent.domain import Quality, Sample
@@ -39,6 +52,7 @@ async def main(port, count):
         await asyncio.sleep(3600)
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
 """
+NODES = ("EnergyTotal", "ActivePower", "State")
 
 
 def cpu_s() -> float:
@@ -46,15 +60,77 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(mode: str, machines: int, interval: float, seconds: float) -> None:
-    port = free_port()
-    server = subprocess.Popen(  # noqa: ASYNC220 (a benchmark: blocking start-up is fine)
-        [sys.executable, "-c", SERVER, str(port), str(machines)],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert server.stdout is not None
-    server.stdout.readline()
+def url(port: int) -> str:
+    return f"opc.tcp://127.0.0.1:{port}/edge-agent/sim"
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    who: str  # "agent" | "bare"
+    mode: str
+    nodes: int
+    interval_s: float
+    values_per_s: float
+    cpu_share: float  # of one core
+    cpu_us_per_value: float
+
+
+class Ticks:
+    """(monotonic time, good values) of each tick, so a window counts whole ticks only."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, int]] = []
+
+    def note(self, good: int) -> None:
+        self.seen.append((time.monotonic(), good))
+
+    def rate(self, start: float, end: float) -> tuple[float, int]:
+        """(values/s, values) over the ticks in [start, end]: the values of every tick after
+        the first over the time from the first to the last, so a tick on either edge of the
+        window neither counts twice nor goes missing."""
+        inside = [(at, good) for at, good in self.seen if start <= at <= end]
+        values = sum(good for _, good in inside)
+        if len(inside) < 2:
+            return 0.0, values
+        return sum(good for _, good in inside[1:]) / (inside[-1][0] - inside[0][0]), values
+
+
+async def measure(
+    who: str,
+    mode: str,
+    nodes: int,
+    interval: float,
+    work: Awaitable[None],
+    ticks: Ticks,
+    settle_s: float,
+    seconds: float,
+) -> Phase:
+    """Start ``work``, let it connect, then count good values and CPU over ``seconds``."""
+    task = asyncio.ensure_future(work)
+    await asyncio.sleep(settle_s)  # connect, resolve, subscribe
+    if task.done():
+        task.result()  # a failed start-up raises here
+        raise RuntimeError(f"{who} {mode}: stopped before the measurement")
+    cpu0, wall0 = cpu_s(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, wall1 = cpu_s(), time.monotonic()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    per_s, values = ticks.rate(wall0, wall1)
+    cpu, wall = cpu1 - cpu0, wall1 - wall0
+    return Phase(
+        who=who, mode=mode, nodes=nodes, interval_s=interval, values_per_s=per_s,
+        cpu_share=cpu / wall, cpu_us_per_value=cpu / values * 1e6 if values else 0.0,
+    )  # fmt: skip
+
+
+# -- the agent ----------------------------------------------------------------------------------
+
+
+async def run_agent(
+    port: int, mode: str, machines: int, interval: float, settle_s: float, seconds: float
+) -> Phase:
     config = parse_config(
         {
             "site": {"id": "bench"},
@@ -73,43 +149,162 @@ async def run(mode: str, machines: int, interval: float, seconds: float) -> None
                 for i in range(machines)
             ],
             "opcua_endpoints": [
-                {"id": "sim", "url": f"opc.tcp://127.0.0.1:{port}/edge-agent/sim", "mode": mode,
-                 "interval_s": interval, "timeout_s": 10}
+                {"id": "sim", "url": url(port), "mode": mode, "interval_s": interval,
+                 "timeout_s": 10}
             ],
         },
         Path("."),
     )  # fmt: skip
     (source,) = build_opcua_sources(config, SystemClock())
-    samples: list[Sample] = []
-    task = asyncio.create_task(source.run(samples.extend))
-    await asyncio.sleep(3.0)  # connect, resolve, subscribe
-    start_count, cpu0, wall0 = len(samples), cpu_s(), time.monotonic()
-    await asyncio.sleep(seconds)
-    count, cpu1, wall1 = len(samples), cpu_s(), time.monotonic()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    server.terminate()
-    server.wait()
-    window = samples[start_count:count]
-    good = sum(1 for s in window if s.quality is Quality.GOOD)
+    ticks = Ticks()
+
+    def sink(samples: Sequence[Sample]) -> None:
+        ticks.note(sum(1 for s in samples if s.quality is Quality.GOOD))
+
+    return await measure(
+        "agent", mode, machines * 3, interval, source.run(sink), ticks, settle_s, seconds
+    )
+
+
+# -- the baseline: a bare asyncua client ---------------------------------------------------------
+
+
+async def bare_client(port: int, mode: str, machines: int, interval: float, ticks: Ticks) -> None:
+    """Every interval, each node's good value taken (value, source timestamp), as a consumer
+    would hand them on."""
+    client = Client(url(port), timeout=10)
+    async with client:
+        ns = await client.get_namespace_index(NAMESPACE)
+        nodes = [
+            client.get_node(f"ns={ns};s=machine-{i:03d}.{name}")
+            for i in range(machines)
+            for name in NODES
+        ]
+        held: dict[Any, ua.DataValue] = {}
+        if mode == "subscribe":
+
+            class Handler:
+                def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
+                    held[node.nodeid] = data.monitored_item.Value
+
+            subscription = await client.create_subscription(interval * 1000, Handler())
+            await subscription.subscribe_data_change(nodes, sampling_interval=interval * 500)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            if mode == "subscribe":
+                values = [held.get(node.nodeid) for node in nodes]
+            else:
+                values = await client.read_attributes(nodes, ua.AttributeIds.Value)
+            taken = [
+                (index, value.Value.Value, value.SourceTimestamp)
+                for index, value in enumerate(values)
+                if value is not None and (value.StatusCode is None or value.StatusCode.is_good())
+            ]
+            ticks.note(len(taken))
+            deadline += interval
+            now = loop.time()
+            if deadline <= now:  # late: skip missed ticks, as the agent does
+                deadline += ((now - deadline) // interval + 1) * interval
+
+
+async def run_bare(
+    port: int, mode: str, machines: int, interval: float, settle_s: float, seconds: float
+) -> Phase:
+    ticks = Ticks()
+    work = bare_client(port, mode, machines, interval, ticks)
+    return await measure("bare", mode, machines * 3, interval, work, ticks, settle_s, seconds)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def print_phase(phase: Phase) -> None:
     print(
-        f"{mode:<9} {machines * 3:5d} nodes @ {interval:g} s: {good / (wall1 - wall0):8.0f} good values/s "
-        f"(due {machines * 3 / interval:6.0f}), agent CPU {(cpu1 - cpu0) / (wall1 - wall0):6.1%} of one core",
+        f"{phase.mode:<9} {phase.who:<5} {phase.nodes:5d} nodes @ {phase.interval_s:g} s: "
+        f"{phase.values_per_s:8.0f} good values/s (due {phase.nodes / phase.interval_s:6.0f}), "
+        f"CPU {phase.cpu_share:6.1%} of one core, {phase.cpu_us_per_value:7.1f} µs/value",
         flush=True,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--machines", type=int, default=167, help="3 nodes each")
     parser.add_argument(
         "--interval", type=float, action="append", help="seconds; repeat for several"
     )
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
+    parser.add_argument("--json", type=Path, default=None, help="write the result here")
     args = parser.parse_args(argv)
-    for interval in args.interval or [1.0, 0.2]:
-        for mode in ("read", "subscribe"):
-            asyncio.run(run(mode, args.machines, interval, args.seconds))
+    settle_s = 3.0
+    if args.quick:
+        args.machines, args.interval, args.seconds, settle_s = 20, [0.25], 1.5, 1.0
+    intervals = args.interval or [1.0, 0.2]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(port), str(args.machines)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    phases: list[Phase] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the OPC UA server did not start")
+        runners = {"agent": run_agent, "bare": run_bare}
+        for interval in intervals:
+            for mode in ("read", "subscribe"):
+                # Alternate which goes first, so neither always meets a warmer server.
+                order = ("agent", "bare") if len(phases) % 4 == 0 else ("bare", "agent")
+                got: dict[str, Phase] = {}
+                for who in order:
+                    got[who] = asyncio.run(
+                        runners[who](port, mode, args.machines, interval, settle_s, args.seconds)
+                    )
+                    print_phase(got[who])
+                    phases.append(got[who])
+                agent, bare = got["agent"], got["bare"]
+                nodes = f"{mode}, {agent.nodes} nodes @ {interval:g} s"
+                rows.append(
+                    {"figure": f"good values/s, {nodes}", "agent": round(agent.values_per_s, 1),
+                     "baseline": round(bare.values_per_s, 1), "unit": "values/s",
+                     "ratio": round(agent.values_per_s / bare.values_per_s, 3)
+                     if bare.values_per_s else None, "goal": "", "met": None}
+                )  # fmt: skip
+                rows.append(
+                    {"figure": f"CPU per value, {nodes}",
+                     "agent": round(agent.cpu_us_per_value, 2),
+                     "baseline": round(bare.cpu_us_per_value, 2), "unit": "µs/value",
+                     "ratio": round(agent.cpu_us_per_value / bare.cpu_us_per_value, 3)
+                     if bare.cpu_us_per_value else None, "goal": "", "met": None}
+                )  # fmt: skip
+                print(
+                    f"{mode:<9} ratio agent / bare: values/s {rows[-2]['ratio']}, "
+                    f"CPU per value {rows[-1]['ratio']}",
+                    flush=True,
+                )
+    finally:
+        server.terminate()
+        server.wait()
+    write_result(
+        args.json,
+        benchmark="opcua",
+        title="OPC UA source vs a bare asyncua client, same server process",
+        rows=rows,
+        details={
+            "machines": args.machines, "nodes": args.machines * 3, "intervals_s": intervals,
+            "seconds": args.seconds, "settle_s": settle_s,
+            "phases": [asdict(phase) for phase in phases],
+        },
+    )  # fmt: skip
+    empty = [f"{p.who} {p.mode} @ {p.interval_s:g} s" for p in phases if p.values_per_s <= 0]
+    if empty:
+        print(f"FAILED: no good values from {empty}", file=sys.stderr)
+        return 1
     return 0
 
 

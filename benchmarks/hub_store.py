@@ -17,6 +17,11 @@ disk, as on tmpfs an fsync costs nothing.
 
     python benchmarks/hub_store.py --records 20000 --footprints 10000
     python benchmarks/hub_store.py --backend postgresql --pg-url postgresql://hub@db/hubbench
+    python benchmarks/hub_store.py --quick --json hub_store.json   # CI's smoke run, SQLite only
+
+No bare-library baseline here: the hub's queries have no library doing the same work short of
+rewriting the store (bench_hub.py compares the hub end to end with bare paho and Starlette), so
+its ``--json`` rows (benchmarks/common.py) carry the store's own figures with no baseline.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import write_result
 from edge_agent.hub.config import HubStoreConfig
 from edge_agent.hub.model import FootprintFilter, FootprintRow, IncomingRecord
 from edge_agent.hub.store import SqlHubStore, open_hub_store
@@ -126,10 +132,17 @@ QUERIES: dict[str, tuple[frozenset[str] | None, FootprintFilter, int]] = {
 }
 
 
-def percentiles(samples: list[float]) -> str:
+def p50_p99_ms(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered) * 1000:7.2f} ms   p99 {p99 * 1000:7.2f} ms"
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
+def percentiles(samples: list[float], into: dict[str, Any] | None = None, key: str = "") -> str:
+    p50, p99 = p50_p99_ms(samples)
+    if into is not None:
+        into[key] = {"p50_ms": p50, "p99_ms": p99}
+    return f"p50 {p50:7.2f} ms   p99 {p99:7.2f} ms"
 
 
 async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
@@ -142,7 +155,9 @@ async def timed(repeat: int, call: Callable[[], Awaitable[Any]]) -> list[float]:
     return samples
 
 
-async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> None:
+async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> dict[str, Any]:
+    """Print the backend's figures and return them."""
+    figures: dict[str, Any] = {}
     store: SqlHubStore = await open_hub_store(config)
     try:
         print(f"\n== {name} ({store.engine.url.render_as_string(hide_password=True)})")
@@ -154,9 +169,11 @@ async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> 
             await store.add_records(records[first : first + args.batch])
             latencies.append(time.perf_counter() - began)
         elapsed = time.perf_counter() - start
+        figures["add_records_per_s"] = len(records) / elapsed
         print(
             f"add_records: {len(records)} records in batches of {args.batch}: "
-            f"{len(records) / elapsed:,.0f} records/s; per batch {percentiles(latencies)}"
+            f"{len(records) / elapsed:,.0f} records/s; per batch "
+            f"{percentiles(latencies, figures, 'add_records_batch')}"
         )
 
         rows = [make_footprint(i) for i in range(args.footprints)]
@@ -164,6 +181,7 @@ async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> 
         for row in rows:
             await store.save_footprint(row)
         elapsed = time.perf_counter() - start
+        figures["save_footprint_per_s"] = len(rows) / elapsed
         print(f"save_footprint: {len(rows)} footprints: {len(rows) / elapsed:,.0f} footprints/s")
 
         print(
@@ -175,7 +193,10 @@ async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> 
                 args.repeat,
                 functools.partial(store.list_footprints, visible, filters, offset, args.limit),
             )
-            print(f"  {label:<26} total {page.total:>6}   {percentiles(samples)}")
+            figures.setdefault("list_footprints", {})
+            line = percentiles(samples, figures["list_footprints"], label)
+            figures["list_footprints"][label]["total"] = page.total
+            print(f"  {label:<26} total {page.total:>6}   {line}")
 
         rng = random.Random(1)
         lots = args.records // 6
@@ -189,31 +210,62 @@ async def bench(name: str, config: HubStoreConfig, args: argparse.Namespace) -> 
             ),
         }
         for label, call in checks.items():
-            print(f"  {label:<26}                {percentiles(await timed(args.repeat, call))}")
+            line = percentiles(await timed(args.repeat, call), figures, label)
+            print(f"  {label:<26}                {line}")
     finally:
         await store.close()
+    return figures
 
 
-async def main(args: argparse.Namespace) -> None:
+async def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per backend measured, its figures."""
+    out: dict[str, dict[str, Any]] = {}
     if args.backend in ("both", "sqlite"):
         with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-            await bench("SQLite", HubStoreConfig(url=f"sqlite:///{folder}/hub.db"), args)
+            out["SQLite"] = await bench(
+                "SQLite", HubStoreConfig(url=f"sqlite:///{folder}/hub.db"), args
+            )
     if args.backend in ("both", "postgresql"):
         if args.pg_url:
             config = HubStoreConfig(url=args.pg_url, password_env=args.pg_password_env)
-            await bench("PostgreSQL", config, args)
-            return
+            out["PostgreSQL"] = await bench("PostgreSQL", config, args)
+            return out
         bindir = postgres_bindir()
         if bindir is None:
             print("\nPostgreSQL: not installed (initdb, pg_ctl, postgres), skipped")
-            return
+            return out
         with LocalPostgres(bindir, durable=True) as server:
             database = await server.create_database()
-            await bench("PostgreSQL (local)", HubStoreConfig(url=server.url(database)), args)
+            out["PostgreSQL"] = await bench(
+                "PostgreSQL (local)", HubStoreConfig(url=server.url(database)), args
+            )
+    return out
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+NO_BASELINE = " (the store's own figure: no bare-library baseline)"
+
+
+def contract_rows(measured: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(figure: str, value: float, unit: str) -> None:
+        rows.append(
+            {"figure": figure + NO_BASELINE, "agent": round(value, 3), "baseline": None,
+             "unit": unit, "ratio": None, "goal": "", "met": None}
+        )  # fmt: skip
+
+    for backend, figures in measured.items():
+        row(f"hub store add_records, {backend}", figures["add_records_per_s"], "records/s")
+        row(f"hub store save_footprint, {backend}", figures["save_footprint_per_s"],
+            "footprints/s")  # fmt: skip
+        for label in ("all, first page", "combined + 3 products"):
+            query = figures["list_footprints"][label]
+            row(f"hub store list_footprints p50, {label}, {backend}", query["p50_ms"], "ms")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--backend", choices=["both", "sqlite", "postgresql"], default="both")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
@@ -224,4 +276,28 @@ if __name__ == "__main__":
     parser.add_argument("--dir", default=None, help="folder for the SQLite file")
     parser.add_argument("--pg-url", default=None, help="an existing PostgreSQL database")
     parser.add_argument("--pg-password-env", default=None, help="its password's variable")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--quick", action="store_true", help="a few-second smoke run, SQLite")
+    parser.add_argument("--json", type=Path, default=None, help="write the result here")
+    args = parser.parse_args()
+    if args.quick:
+        args.backend, args.records, args.footprints, args.repeat = "sqlite", 600, 100, 10
+    measured = asyncio.run(measure(args))
+    rows = contract_rows(measured)
+    write_result(
+        args.json,
+        benchmark="hub_store",
+        title="Hub store on SQLite and PostgreSQL (no bare-library baseline)",
+        rows=rows,
+        details={
+            "records": args.records, "batch": args.batch, "footprints": args.footprints,
+            "limit": args.limit, "repeat": args.repeat, "backends": measured,
+        },
+    )  # fmt: skip
+    if not measured or any(row["agent"] <= 0 for row in rows):
+        print("FAILED: no backend measured, or a zero measurement", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
