@@ -3,6 +3,10 @@
 After a reconnect or a restart the drain starts again from the oldest unsent record, so a
 record whose PUBACK was lost is sent twice — harmless, consumers de-duplicate on ``record_id``.
 A retained status message says ``online``; the Last Will turns it ``offline`` if the agent dies.
+
+The drain keeps its in-flight window full: the next batch of rows is read while the current one
+goes out, PUBACKs come back in batches (:meth:`MqttLink.publish_tracked`, no future or task per
+record), and acknowledged records are marked sent in a background transaction per batch.
 """
 
 from __future__ import annotations
@@ -21,20 +25,32 @@ from paho.mqtt.properties import Properties
 from edge_agent.clock import Clock, SystemClock
 from edge_agent.config import AgentConfig
 from edge_agent.domain import ns_from_iso
+from edge_agent.errors import StoreError
 from edge_agent.publish.link import ConnectionLost, MqttLink
+from edge_agent.publish.properties import (
+    RECORD_CONTENT_TYPE,
+    message_publish_properties,
+    record_publish_properties,
+    record_user_properties,
+)
 from edge_agent.publish.topics import resync_topic, status_topic
 from edge_agent.store import OutboxRow
+from edge_agent.store.sqlite import OutboxMessage
 from edge_agent.tasks import stop_task, wait_event
 
 log = logging.getLogger(__name__)
 
+# With nothing to send and nothing in flight, look at the outbox again this often even if not
+# notified: a safety net only, every enqueue notifies (notify() wakes the drain at once).
 _IDLE_POLL_S = 2.0
-_ACK_FLUSH_S = 0.05
-RECORD_CONTENT_TYPE = "application/json"
+_FETCH_ROWS = 500  # rows read per query (the next query runs while these go out)
+_MARK_BATCH = 500  # PUBACKs marked sent per transaction while draining
+
+__all__ = ["RECORD_CONTENT_TYPE", "OutboxPublisher", "ResyncRequest", "parse_resync"]
 
 
 class Outbox(Protocol):
-    async def unsent(self, limit: int, after_seq: int = 0) -> list[OutboxRow]: ...
+    async def unsent_messages(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]: ...
     async def mark_sent_many(self, seqs: Sequence[int], sent_ns: int) -> None: ...
     async def published_since(
         self, since_ns: int | None, from_seq: int | None, after_seq: int, limit: int
@@ -105,24 +121,13 @@ def record_properties(row: OutboxRow, gateway: str | None = None) -> Properties:
     properties ``schema_version`` and ``kind`` — the payload's own fields (``kind`` falls back
     to the outbox row's; ``schema_version`` is left out if the payload has none) — and, with
     ``gateway`` (the agent's client id), ``gateway`` and ``seq`` (the outbox sequence number:
-    a hub sees a hole in a gateway's sequence and asks for a re-sync)."""
-    try:
-        payload = json.loads(row.payload)
-    except ValueError:
-        payload = None
-    fields = payload if isinstance(payload, dict) else {}
-    kind = fields.get("kind")
-    schema_version = fields.get("schema_version")
-    user: list[tuple[str, str]] = []
-    if isinstance(schema_version, str):
-        user.append(("schema_version", schema_version))
-    user.append(("kind", kind if isinstance(kind, str) else row.kind))
-    if gateway is not None:
-        user += [("gateway", gateway), ("seq", str(row.seq))]
+    a hub sees a hole in a gateway's sequence and asks for a re-sync).
+
+    The publisher sends the same properties pre-encoded (``record_publish_properties``)."""
     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     properties.ContentType = RECORD_CONTENT_TYPE
     properties.PayloadFormatIndicator = 1  # UTF-8 text
-    properties.UserProperty = user
+    properties.UserProperty = record_user_properties(row.payload, row.kind, row.seq, gateway)
     return properties
 
 
@@ -133,6 +138,7 @@ class OutboxPublisher:
         self.started = False
         self._clock = clock or SystemClock()
         self._wake = asyncio.Event()
+        self._gateway = config.client_id
         self._status_topic = status_topic(config)
         self._resync_topic = resync_topic(config)
         self.link = MqttLink(
@@ -141,14 +147,20 @@ class OutboxPublisher:
             will=(self._status_topic, status_payload(config, "offline")),
             on_connected=self.notify,
             subscriptions=[(self._resync_topic, 1)] if self._resync_topic else [],
+            on_acks=self._on_acks,
+            on_lost=self._on_lost,
         )
         self._resync_task: asyncio.Task[None] | None = None
         self.resent = 0  # records re-published on re-sync requests
         self._task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
         self.problems: dict[str, str] = {}
-        self._acked: list[int] = []
+        self._acked: list[int] = []  # seqs acknowledged, not yet marked sent
+        self._marking: asyncio.Task[None] | None = None  # a background mark_sent_many
+        # Shared by the drain and re-sync requests: at most max_inflight unacknowledged.
         self._inflight = asyncio.Semaphore(config.mqtt.max_inflight)
+        self._window: dict[int, OutboxMessage] = {}  # the drain's records in flight, by mid
+        self._failure: str | None = None  # why the current drain must stop
         self.published = 0
         # Outbox-to-PUBACK latency of recent records (bounded), for metrics and benchmarks.
         self.latencies_s: deque[float] = deque(maxlen=10_000)
@@ -194,6 +206,7 @@ class OutboxPublisher:
                 await stop_task(task)
         await self._flush_acks()
         await self.link.stop(final=(self._status_topic, status_payload(self._config, "offline")))
+        await self._flush_acks()  # PUBACKs that came in while stopping
 
     async def _run(self) -> None:
         while True:
@@ -203,48 +216,117 @@ class OutboxPublisher:
                 await self._drain_while_connected()
             except ConnectionLost as exc:
                 log.info("publisher paused: %s", exc)
+                await self._settle()
                 await self._flush_acks()
                 await asyncio.sleep(0.2)
 
-    async def _drain_while_connected(self) -> None:
-        after_seq = 0
-        while True:
-            self._wake.clear()
-            rows = await self._outbox.unsent(limit=500, after_seq=after_seq)
-            if not rows:
-                await self._flush_acks()
-                await wait_event(self._wake, _IDLE_POLL_S)
-                after_seq = 0  # rescan: a failed publish may have left an older row unsent
-                continue
-            tasks = []
-            for row in rows:
-                await self._inflight.acquire()
-                if not self.link.connected.is_set():
-                    self._inflight.release()
-                    raise ConnectionLost("disconnected while draining")
-                tasks.append(asyncio.create_task(self._publish_one(row)))
-                after_seq = row.seq
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            await self._flush_acks()
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise ConnectionLost(str(failures[0]))
+    def _fetch(self, after_seq: int) -> asyncio.Task[list[OutboxMessage]]:
+        # A notify() from here on wakes the drain even if this query misses its record.
+        self._wake.clear()
+        return asyncio.create_task(self._outbox.unsent_messages(_FETCH_ROWS, after_seq))
 
-    async def _publish_one(self, row: OutboxRow) -> None:
+    async def _drain_while_connected(self) -> None:
+        """Publish unsent records in seq order until the connection fails (ConnectionLost).
+
+        Starts from the oldest unsent; afterwards reads only past the last record taken, except
+        when idle with nothing in flight and every PUBACK marked: then it rescans from the start
+        (nothing can be published twice then), as a safety net."""
+        self._failure = None
+        after_seq = 0
+        fetch = self._fetch(after_seq)
         try:
-            await self.link.publish(
-                row.topic,
-                row.payload.encode(),
-                qos=1,
-                properties=record_properties(row, self._config.client_id),
-            )
+            while True:
+                messages = await fetch
+                if messages:
+                    after_seq = messages[-1].seq
+                    fetch = self._fetch(after_seq)  # read the next batch while these go out
+                    await self._publish_in_order(messages)
+                    continue
+                self._raise_if_failed()
+                if self._window:  # wait for new records, the last PUBACK or a failure
+                    await self._wake.wait()
+                else:
+                    await self._flush_acks()
+                    await wait_event(self._wake, _IDLE_POLL_S)
+                    after_seq = 0
+                fetch = self._fetch(after_seq)
         finally:
+            if not fetch.done():
+                fetch.cancel()
+            elif not fetch.cancelled():
+                fetch.exception()  # retrieved: an error of an abandoned read is not news
+
+    async def _publish_in_order(self, messages: list[OutboxMessage]) -> None:
+        link, window, inflight, gateway = self.link, self._window, self._inflight, self._gateway
+        for message in messages:
+            await inflight.acquire()
+            try:
+                self._raise_if_failed()
+                properties = message_publish_properties(message, gateway)
+                window[
+                    link.publish_tracked(message.topic, message.payload, properties=properties)
+                ] = message
+            except BaseException as exc:
+                inflight.release()
+                if isinstance(exc, ValueError):  # a property the MQTT encoding cannot carry
+                    raise ConnectionLost(f"record {message.seq} not published: {exc}") from exc
+                raise
+            if len(self._acked) >= _MARK_BATCH:
+                self._mark_in_background()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise ConnectionLost(self._failure)
+        if not self.link.connected.is_set():
+            raise ConnectionLost("disconnected while draining")
+
+    def _on_acks(self, acks: list[tuple[int, int]]) -> None:
+        """PUBACKs of the drain's records (event loop, a batch per wake-up)."""
+        window, now = self._window, self._clock.now_ns()
+        for mid, code in acks:
+            message = window.pop(mid, None)
+            if message is None:
+                continue
             self._inflight.release()
-        self._acked.append(row.seq)
-        self.published += 1
-        self.latencies_s.append((self._clock.now_ns() - row.created_ns) / 1e9)
-        if len(self._acked) >= 200:
-            await self._flush_acks()
+            if code >= 0x80:
+                self._failure = self._failure or (
+                    f"broker refused record {message.seq} on {message.topic} (reason code {code})"
+                )
+                continue
+            self._acked.append(message.seq)
+            self.published += 1
+            self.latencies_s.append((now - message.created_ns) / 1e9)
+        if not window or self._failure is not None:
+            self._wake.set()
+
+    def _on_lost(self, why: str) -> None:
+        """The connection dropped: what is still in flight will get no PUBACK here."""
+        for _ in self._window:
+            self._inflight.release()
+        self._window.clear()
+        self._failure = self._failure or why
+        self._wake.set()
+
+    async def _settle(self) -> None:
+        """Wait until nothing of the drain is in flight (PUBACKs in, or the connection lost)."""
+        while self._window:
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _mark_in_background(self) -> None:
+        """Mark the acknowledged records sent without stopping the drain; one at a time."""
+        if self._marking is not None:
+            if not self._marking.done():
+                return
+            marking, self._marking = self._marking, None
+            try:
+                marking.result()
+            except StoreError as exc:  # pause and retry, as for a failed publish
+                raise ConnectionLost(f"marking records sent failed: {exc}") from exc
+        seqs, self._acked = self._acked, []
+        self._marking = asyncio.create_task(
+            self._outbox.mark_sent_many(seqs, self._clock.now_ns()), name="mark-sent"
+        )
 
     async def _serve_resync(self) -> None:
         """Answer re-sync requests: re-publish the stored records asked for, in outbox order,
@@ -284,12 +366,17 @@ class OutboxPublisher:
                         row.topic,
                         row.payload.encode(),
                         qos=1,
-                        properties=record_properties(row, self._config.client_id),
+                        properties=record_publish_properties(
+                            row.payload, row.kind, row.seq, self._gateway
+                        ),
                     )
                 after_seq = row.seq
                 count += 1
 
     async def _flush_acks(self) -> None:
+        if self._marking is not None:
+            marking, self._marking = self._marking, None
+            await marking
         if self._acked:
             seqs, self._acked = self._acked, []
             await self._outbox.mark_sent_many(seqs, self._clock.now_ns())

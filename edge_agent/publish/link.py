@@ -7,7 +7,10 @@ loop with ``call_soon_threadsafe``. Things paho does not do for us, and why we c
   the SQLite outbox (not paho) is the source of truth and a record is marked sent only on PUBACK;
 - its outgoing queue is unbounded: callers bound what they have in flight themselves;
 - with ``manual_ack=True`` a received QoS 1 message is acknowledged only when we call
-  :meth:`MqttLink.ack` — after the event is committed to SQLite.
+  :meth:`MqttLink.ack` — after the event is committed to SQLite;
+- after a reconnect it re-sends what was in flight, under the old message ids: their PUBACKs
+  belong to nobody (the futures failed on the disconnect) and must not be taken for the PUBACK
+  of a later message that gets the same id once the 16-bit ids wrap around.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import contextlib
 import logging
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,7 +90,12 @@ class MqttLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         will: tuple[str, bytes] | None = None,
         on_connected: Any = None,
+        on_acks: Callable[[list[tuple[int, int]]], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_acks`` gets the PUBACKs of :meth:`publish_tracked` messages as (message id,
+        reason code), in arrival order, several per call; ``on_lost(why)`` is called when the
+        connection drops: the tracked messages without a PUBACK by then will get none."""
         self._config = config
         self.client_id = client_id
         self._persistent = persistent_session
@@ -99,6 +107,12 @@ class MqttLink:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._early_acks: dict[int, int] = {}
         self._untracked: set[int] = set()  # QoS 1 messages nobody awaits (publish_nowait)
+        self._tracked: set[int] = set()  # publish_tracked messages awaiting their PUBACK
+        self._tracked_acks: list[tuple[int, int]] = []  # their PUBACKs, not handed over yet
+        self._acks_due = False  # a hand-over to on_acks is scheduled on the event loop
+        self._resent: set[int] = set()  # in flight at a disconnect: paho re-sends them
+        self._on_acks = on_acks
+        self._on_lost = on_lost
         self.untracked_acked = 0
         self._mutex = threading.Lock()  # guards _pending/_early_acks against paho's thread
         self.connects = 0
@@ -208,6 +222,32 @@ class MqttLink:
                 self.untracked_acked += 1
         return True
 
+    def publish_tracked(
+        self, topic: str, payload: bytes, *, properties: Properties | None = None
+    ) -> int:
+        """QoS 1 without a future: returns the message id; its PUBACK reaches ``on_acks``,
+        batched with the others that arrived meanwhile (one event-loop wake-up per batch, not a
+        future, a task and a wake-up per message). Raises ConnectionLost when not connected."""
+        assert self._loop is not None
+        if not self.connected.is_set():
+            raise ConnectionLost(
+                f"not connected to {self._config.mqtt.host}:{self._config.mqtt.port}"
+            )
+        info = self._client.publish(topic, payload, qos=1, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConnectionLost(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        hand_over = False
+        with self._mutex:  # not around publish(): see the lock order in publish()
+            early = self._early_acks.pop(info.mid, None)
+            if early is None:
+                self._tracked.add(info.mid)
+            else:
+                self._tracked_acks.append((info.mid, early))
+                hand_over, self._acks_due = not self._acks_due, True
+        if hand_over:
+            self._loop.call_soon(self._hand_over_acks)
+        return info.mid
+
     @property
     def unacknowledged(self) -> int:
         return len(self._untracked)
@@ -249,16 +289,26 @@ class MqttLink:
 
     def _on_publish(self, _: paho.Client, __: Any, mid: int, reason: Any, ___: Any) -> None:
         code = int(getattr(reason, "value", 0) or 0)
+        hand_over = False
         with self._mutex:
             future = self._pending.pop(mid, None)
             if future is None:
-                if mid in self._untracked:
+                if mid in self._tracked:
+                    self._tracked.discard(mid)
+                    self._tracked_acks.append((mid, code))
+                    hand_over, self._acks_due = not self._acks_due, True
+                elif mid in self._untracked:
                     self._untracked.discard(mid)
                     self.untracked_acked += 1
+                elif mid in self._resent:
+                    # paho cannot give the id to a new message before this PUBACK frees it.
+                    self._resent.discard(mid)
                 else:
                     self._early_acks[mid] = code
-                return
-        self._call(self._resolve, future, code)
+        if future is not None:
+            self._call(self._resolve, future, code)
+        elif hand_over:
+            self._call(self._hand_over_acks)
 
     def _on_message(self, _: paho.Client, __: Any, message: paho.MQTTMessage) -> None:
         user = getattr(message.properties, "UserProperty", None) if message.properties else None
@@ -278,6 +328,13 @@ class MqttLink:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(function, *args)
 
+    def _hand_over_acks(self) -> None:
+        with self._mutex:
+            acks, self._tracked_acks = self._tracked_acks, []
+            self._acks_due = False
+        if acks and self._on_acks is not None:
+            self._on_acks(acks)
+
     @staticmethod
     def _resolve(future: asyncio.Future[None], code: int) -> None:
         if future.done():
@@ -290,8 +347,14 @@ class MqttLink:
     def _fail_pending(self, why: str) -> None:
         with self._mutex:
             pending, self._pending = self._pending, {}
+            # paho re-sends what it has in flight, under the same ids; nobody awaits them now.
+            self._resent.update(pending, self._tracked, self._untracked)
             self._early_acks.clear()
-            self._untracked.clear()  # paho re-sends what it has in flight; nobody awaits them
+            self._untracked.clear()
+            self._tracked.clear()
+        self._hand_over_acks()  # the PUBACKs that did arrive still count
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost(why))
+        if self._on_lost is not None:
+            self._on_lost(why)

@@ -112,6 +112,23 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """What the publisher needs of an unsent record (the payload as the bytes to send).
+
+    ``plain``: SQLite read the payload's top-level ``kind`` and ``schema_version`` (None when
+    absent or not a string) exactly as ``json.loads`` would; when False, parse it yourself."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    kind: str
+    created_ns: int
+    plain: bool = False
+    payload_kind: str | None = None
+    schema_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     unsent_count: int
     unsent_bytes: int
@@ -150,6 +167,27 @@ _OUTBOX_COLUMNS = (
     "seq, record_id, revision, kind, lot_id, order_id, topic, payload, created_ns, sent_ns, "
     "attempts"
 )
+# The publisher's queue, with the payload's kind and schema_version read by SQLite's JSON
+# functions (C, off the event loop) where that provably gives what json.loads gives: a valid
+# JSON object without any backslash (so no escapes, which SQLite decodes differently for
+# "\u0000" and lone surrogates) naming each field at most once anywhere (json.loads keeps the
+# last of duplicated keys, SQLite the first). Anything else is left to json.loads (plain = 0).
+_UNSENT_MESSAGES = """
+    SELECT seq, topic, CAST(payload AS BLOB), kind, created_ns, plain,
+        CASE WHEN plain AND json_type(payload, '$.kind') = 'text'
+            THEN json_extract(payload, '$.kind') END,
+        CASE WHEN plain AND json_type(payload, '$.schema_version') = 'text'
+            THEN json_extract(payload, '$.schema_version') END
+    FROM (
+        SELECT seq, topic, payload, kind, created_ns,
+            CASE WHEN instr(payload, char(92)) = 0
+                AND length(payload) - length(replace(payload, '"kind"', '')) <= 6
+                AND length(payload) - length(replace(payload, '"schema_version"', '')) <= 16
+                AND json_valid(payload)
+            THEN json_type(payload) = 'object' ELSE 0 END AS plain
+        FROM outbox WHERE sent_ns IS NULL AND seq > ? ORDER BY seq LIMIT ?
+    )
+"""
 # Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
 _PRUNE_CHUNK_ROWS = 20_000
 # agent_state keys of final orders to recompute (see Store.recheck_order_ids).
@@ -170,6 +208,17 @@ def _event(row: Any) -> StoredEvent:
 
 def _outbox(row: Any) -> OutboxRow:
     return OutboxRow(*row)
+
+
+def _consecutive_runs(numbers: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive integers among ``numbers``, in any order."""
+    runs: list[tuple[int, int]] = []
+    for number in sorted(set(numbers)):
+        if runs and number == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    return runs
 
 
 class Store:
@@ -915,18 +964,28 @@ class Store:
         )
         return [_outbox(row) for row in await self._all(query, (after_seq, limit))]
 
+    async def unsent_messages(self, limit: int, after_seq: int = 0) -> list[OutboxMessage]:
+        """Like :meth:`unsent`, only what publishing needs: the drain's hot query (no ids,
+        the payload as bytes, no decoding to text and encoding back)."""
+        rows = await self._all(_UNSENT_MESSAGES, (after_seq, limit))
+        return [
+            OutboxMessage(seq, topic, payload, kind, created_ns, bool(plain), own_kind, version)
+            for seq, topic, payload, kind, created_ns, plain, own_kind, version in rows
+        ]
+
     async def mark_sent(self, seq: int, sent_ns: int) -> None:
         """The broker acknowledged the record (PUBACK)."""
         await self.mark_sent_many([seq], sent_ns)
 
     async def mark_sent_many(self, seqs: Sequence[int], sent_ns: int) -> None:
-        """One transaction for a batch of PUBACKs (see the module note on NORMAL here)."""
+        """One transaction for a batch of PUBACKs (see the module note on NORMAL here); one
+        UPDATE per run of consecutive seqs (the usual case: a drain acknowledged in order)."""
         if not seqs:
             return
         async with self._transaction("NORMAL", f"marking {len(seqs)} records sent"):
             await self._db.executemany(
-                "UPDATE outbox SET sent_ns = ? WHERE seq = ? AND sent_ns IS NULL",
-                [(sent_ns, seq) for seq in seqs],
+                "UPDATE outbox SET sent_ns = ? WHERE seq BETWEEN ? AND ? AND sent_ns IS NULL",
+                [(sent_ns, first, last) for first, last in _consecutive_runs(seqs)],
             )
 
     async def note_attempts(self, seqs: Sequence[int]) -> None:
