@@ -73,6 +73,7 @@ class Monitor:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency_children: dict[str, Histogram] = {}
         self.registry.register(_SnapshotCollector(self))
 
     # -- fed by the sources -----------------------------------------------------------------
@@ -80,20 +81,31 @@ class Monitor:
     def on_samples(self, samples: Sequence[Sample], latency_s: float | None = None) -> None:
         """A meter read delivered: good points keep the meter fresh; a read with a failed
         point counts one poll error for that meter."""
+        if not samples:
+            return
         now = time.monotonic()
-        failed: set[str] = set()
-        meters: set[str] = set()
-        for sample in samples:
-            meters.add(sample.meter_id)
-            if sample.quality is Quality.GOOD:
-                self._last_good[sample.meter_id] = now
-            else:
-                failed.add(sample.meter_id)
-        for meter_id in failed:
-            self._poll_errors[meter_id] += 1
-        if latency_s is not None:
-            for meter_id in meters:
-                self._latency.labels(meter=meter_id).observe(latency_s)
+        first = samples[0].meter_id
+        if all(s.meter_id == first for s in samples):  # a scheduled poll: one meter
+            groups: Mapping[str, Sequence[Sample]] = {first: samples}
+        else:
+            by_meter: dict[str, list[Sample]] = {}
+            for sample in samples:
+                by_meter.setdefault(sample.meter_id, []).append(sample)
+            groups = by_meter
+        for meter_id, group in groups.items():
+            if any(s.quality is Quality.GOOD for s in group):
+                self._last_good[meter_id] = now
+            if any(s.quality is not Quality.GOOD for s in group):
+                self._poll_errors[meter_id] += 1
+            if latency_s is not None:
+                self._latency_of(meter_id).observe(latency_s)
+
+    def _latency_of(self, meter_id: str) -> Histogram:
+        """The meter's latency histogram (``labels()`` looks it up under a lock: once)."""
+        child = self._latency_children.get(meter_id)
+        if child is None:
+            child = self._latency_children[meter_id] = self._latency.labels(meter=meter_id)
+        return child
 
     # -- the loop ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from edge_agent.clock import Clock
 from edge_agent.config.models import AgentConfig
-from edge_agent.domain import Quality, Sample
+from edge_agent.domain import PointRole, Quality, Sample
 from edge_agent.plausibility import PowerLimit, check_sample
 
 SampleSink = Callable[[Sequence[Sample]], None]
@@ -49,6 +49,9 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
+_JUDGED_ROLES = frozenset({PointRole.POWER, PointRole.ENERGY})
+
+
 class PlausibilityWatch:
     """Logs a meter at WARNING once when its values turn implausible (edge_agent.plausibility:
     power above its equipment's max_power_kw, a negative or absurd counter) and at INFO once
@@ -62,26 +65,40 @@ class PlausibilityWatch:
 
     def note(self, samples: Sequence[Sample]) -> None:
         """One read's samples (of one meter or several)."""
+        if not samples:
+            return
+        first = samples[0].meter_id
+        if all(s.meter_id == first for s in samples):  # a scheduled poll: one meter
+            self._note_meter(first, samples)
+            return
         by_meter: dict[str, list[Sample]] = {}
         for sample in samples:
             by_meter.setdefault(sample.meter_id, []).append(sample)
         for meter_id, group in by_meter.items():
-            limit = self._limits.get(meter_id)
-            findings = [f for s in group if (f := check_sample(s, limit)) is not None]
-            if findings and meter_id not in self._implausible:
-                self._implausible.add(meter_id)
-                self._log.warning(
-                    "meter %s values are implausible (order records flag them): %s",
-                    meter_id,
-                    "; ".join(f.describe() for f in findings),
-                )
-            elif (
-                not findings
-                and meter_id in self._implausible
-                and any(s.quality is Quality.GOOD for s in group)
-            ):
-                self._implausible.discard(meter_id)
-                self._log.info("meter %s values are plausible again", meter_id)
+            self._note_meter(meter_id, group)
+
+    def _note_meter(self, meter_id: str, group: Sequence[Sample]) -> None:
+        limit = self._limits.get(meter_id)
+        # check_sample judges only good power and energy samples; skip the others unasked.
+        findings = [
+            f
+            for s in group
+            if s.role in _JUDGED_ROLES and (f := check_sample(s, limit)) is not None
+        ]
+        if findings and meter_id not in self._implausible:
+            self._implausible.add(meter_id)
+            self._log.warning(
+                "meter %s values are implausible (order records flag them): %s",
+                meter_id,
+                "; ".join(f.describe() for f in findings),
+            )
+        elif (
+            not findings
+            and meter_id in self._implausible
+            and any(s.quality is Quality.GOOD for s in group)
+        ):
+            self._implausible.discard(meter_id)
+            self._log.info("meter %s values are plausible again", meter_id)
 
 
 def build_sources(config: AgentConfig, clock: Clock) -> list[Source]:
