@@ -646,6 +646,9 @@ class StoreConfig(StrictModel):
     outbox_budget_mb: Annotated[float, Field(gt=0)] = 512.0
     batch_max_samples: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_max_delay_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # New samples are appended to a journal and moved into the table indexed per meter point
+    # this often (fewer, fuller page writes: an SD card's wear; docs/performance.md).
+    samples_merge_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
     other_points: OtherPointsStorage = Field(default_factory=OtherPointsStorage)
 
 

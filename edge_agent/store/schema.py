@@ -111,4 +111,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX intensities_by_step ON intensities (product_id, equipment_id, end_ns)",
     ),
+    # 6: new samples are appended here (no index but the rowid) and moved into `samples`
+    # every store.samples_merge_s, sorted by meter point (Store.merge_sample_journal): a
+    # commit then writes the few pages its rows fill, not one index page per meter point.
+    (
+        """CREATE TABLE samples_journal (
+            id INTEGER PRIMARY KEY,
+            ts_ns INTEGER NOT NULL,
+            meter_id TEXT NOT NULL,
+            point TEXT NOT NULL,
+            role TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            value REAL,
+            quality TEXT NOT NULL,
+            state TEXT,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+    ),
 )

@@ -19,17 +19,19 @@ OTHER = ("voltage_l1", "current_l1", "frequency", "export_energy", "total_energy
 
 
 def stored(db: Path) -> tuple[Counter[str], list[float], set[int]]:
-    """Samples per point, the voltages in time order, the 2 s slots the polls fell in."""
+    """Samples per point, the voltages in time order, the 2 s slots the polls fell in (new
+    samples are in the journal until they are merged into the indexed table)."""
+    every = "SELECT * FROM samples UNION ALL SELECT * FROM samples_journal"
     with sqlite3.connect(db) as connection:
-        counts = Counter(p for (p,) in connection.execute("SELECT point FROM samples"))
+        counts = Counter(p for (p,) in connection.execute(f"SELECT point FROM ({every})"))
         slots = {
             ts // 2_000_000_000
-            for (ts,) in connection.execute("SELECT ts_ns FROM samples WHERE point = 'energy'")
+            for (ts,) in connection.execute(f"SELECT ts_ns FROM ({every}) WHERE point = 'energy'")
         }
         voltages = [
             v
             for (v,) in connection.execute(
-                "SELECT value FROM samples WHERE point = 'voltage_l1' ORDER BY ts_ns"
+                f"SELECT value FROM ({every}) WHERE point = 'voltage_l1' ORDER BY ts_ns"
             )
         ]
     return counts, voltages, slots

@@ -92,7 +92,7 @@ async def test_migrates_a_version_1_database_and_keeps_its_data(tmp_path: Path) 
     assert await pragma(path, "user_version") == 1
 
     async with await open_store(path) as store:
-        assert await store.schema_version() == len(MIGRATIONS) == 5
+        assert await store.schema_version() == len(MIGRATIONS) == 6
         [row] = await store.unsent(10)
         assert (row.record_id, row.created_ns, row.attempts) == ("old", 7, 0)
         assert await store.rejected_counts() == {"bad json": 3}
