@@ -920,7 +920,12 @@ def main() -> None:
 GOAL_SUSTAINED = "≥ 1,000 msg/s sustained"
 # Sustained runs from the first publish to the last commit, so it stays a little under the
 # offered rate however fast the consumer: keeping within 3 % of 1,000+ msg/s offered meets it.
-GOAL_RULE = "met when ≥ 1,000 msg/s are offered and the agent sustains ≥ 97 % of the offer"
+# A run shorter than 10 s (--quick) is too short to call anything sustained, and where the
+# baseline falls behind too the machine is the limit, not the agent: neither judges the goal.
+GOAL_RULE = (
+    "met when ≥ 1,000 msg/s are offered for ≥ 10 s and the agent sustains ≥ 97 % of the offer;"
+    " not judged (null) in shorter runs or when the baseline sustains less than that too"
+)
 
 
 def contract_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -929,7 +934,10 @@ def contract_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for run in results:
         agent, baseline, rate = run["agent"], run["baseline"], run["rate"]
         offered = f"{rate:,.0f} msg/s offered"
-        met = agent["sustained_per_s"] >= 0.97 * rate if rate >= 1000 else None
+        kept_up = agent["sustained_per_s"] >= 0.97 * rate
+        machine_limited = baseline["sustained_per_s"] < 0.97 * rate and not kept_up
+        judged = rate >= 1000 and run["seconds"] >= 10 and not machine_limited
+        met = kept_up if judged else None
         for figure, key, unit, goal, is_met in (
             (f"MES messages sustained, {offered}", "sustained_per_s", "msg/s", GOAL_SUSTAINED,
              met),
