@@ -8,6 +8,7 @@ Payload Format Indicator, Content Type, then the User Properties in their order.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Sequence
@@ -72,6 +73,8 @@ def _utf8(text: str) -> bytes:
 
 
 def _variable_byte_integer(value: int) -> bytes:
+    if value < 128:
+        return bytes((value,))
     out = bytearray()
     while True:
         value, digit = divmod(value, 128)
@@ -80,14 +83,25 @@ def _variable_byte_integer(value: int) -> bytes:
             return bytes(out)
 
 
+@functools.lru_cache(maxsize=16)
+def _text_header(content_type: str) -> bytes:
+    return bytes((_PAYLOAD_FORMAT_INDICATOR, 1, _CONTENT_TYPE)) + _utf8(content_type)
+
+
+def _user_property(name: str, value: str) -> bytes:
+    return bytes((_USER_PROPERTY,)) + _utf8(name) + _utf8(value)
+
+
+# The same few (kind, schema version, gateway) on every record: encoded once each.
+_repeated_user_property = functools.lru_cache(maxsize=256)(_user_property)
+
+
 def pack_properties(content_type: str, user: Sequence[tuple[str, str]]) -> bytes:
     """The properties of a UTF-8 text PUBLISH with this content type and user properties."""
-    body = bytearray((_PAYLOAD_FORMAT_INDICATOR, 1, _CONTENT_TYPE))
-    body += _utf8(content_type)
-    for name, value in user:
-        body.append(_USER_PROPERTY)
-        body += _utf8(name)
-        body += _utf8(value)
+    body = _text_header(content_type) + b"".join(
+        _user_property(name, value) if name == "seq" else _repeated_user_property(name, value)
+        for name, value in user
+    )
     return _variable_byte_integer(len(body)) + body
 
 
@@ -120,11 +134,52 @@ def record_publish_properties(
 
 
 def message_publish_properties(message: OutboxMessage, gateway: str | None) -> PackedProperties:
-    """The same for an outbox message whose fields SQLite may already have read."""
-    if message.plain:
-        user = user_properties_of_fields(
-            message.payload_kind, message.schema_version, message.kind, message.seq, gateway
-        )
-    else:
+    """The same for an outbox message whose fields SQLite has picked out of the payload: the
+    bytes ``pack_properties`` gives for :func:`message_user_properties`, put together directly
+    (this runs once per record on the event loop)."""
+    fields = _fields_found(message)
+    if fields is None:
         user = record_user_properties(message.payload, message.kind, message.seq, gateway)
-    return PackedProperties(pack_properties(RECORD_CONTENT_TYPE, user))
+        return PackedProperties(pack_properties(RECORD_CONTENT_TYPE, user))
+    own_kind, schema_version = fields
+    body = _text_header(RECORD_CONTENT_TYPE)
+    if schema_version is not None:
+        body += _repeated_user_property("schema_version", schema_version)
+    body += _repeated_user_property("kind", message.kind if own_kind is None else own_kind)
+    if gateway is not None:
+        body += _repeated_user_property("gateway", gateway)
+        body += _user_property("seq", str(message.seq))
+    return PackedProperties(_variable_byte_integer(len(body)) + body)
+
+
+def message_user_properties(message: OutboxMessage, gateway: str | None) -> list[tuple[str, str]]:
+    """:func:`record_user_properties` of an outbox message, from the raw values SQLite found
+    where that gives what ``json.loads`` of the whole payload gives: SQLite found valid JSON,
+    with no backslash in it (no escaped key can then spell a field's name: SQLite matches keys
+    as written, json.loads after unescaping) and neither field's quoted name more than once (a
+    repeated key: json.loads keeps the last, SQLite the first). The values themselves are
+    decoded by json.loads. Other payloads are parsed whole. (Payloads json.loads refuses though
+    they are valid JSON — numbers of over 4,300 digits, over ~1,000 levels of nesting — cannot
+    come from json.dumps, which writes every record.)"""
+    fields = _fields_found(message)
+    if fields is None:
+        return record_user_properties(message.payload, message.kind, message.seq, gateway)
+    return user_properties_of_fields(*fields, message.kind, message.seq, gateway)
+
+
+def _fields_found(message: OutboxMessage) -> tuple[str | None, str | None] | None:
+    """(kind, schema_version) from SQLite's raw values, None where they may differ from what
+    json.loads of the payload gives (see :func:`message_user_properties`)."""
+    payload = message.payload
+    if (
+        message.fields is None
+        or b"\\" in payload
+        or payload.count(b'"kind"') > 1
+        or payload.count(b'"schema_version"') > 1
+    ):
+        return None
+    own_kind, schema_version = json.loads(message.fields)
+    return (
+        own_kind if isinstance(own_kind, str) else None,
+        schema_version if isinstance(schema_version, str) else None,
+    )

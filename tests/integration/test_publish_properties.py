@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.publish import properties
 from edge_agent.publish.properties import (
     RECORD_CONTENT_TYPE,
     message_publish_properties,
@@ -41,6 +43,9 @@ PAYLOADS = [
     "",
     "not json",
     '{"kind":"x",}',
+    '{"type":"kind","kind":"x"}',
+    '{"kind":"x","y":"\\u00e9"}',
+    '{"kind":"x","n":1e999}',
 ]
 
 
@@ -50,14 +55,16 @@ def test_packed_properties_are_the_bytes_paho_packs() -> None:
         [("schema_version", "1.1"), ("kind", "lot"), ("gateway", "gw-1"), ("seq", "123456")],
         [("kind", "Ø8 – 😀"), ("gateway", "g" * 300), ("seq", "1")],
     ):
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ContentType = RECORD_CONTENT_TYPE
-        properties.PayloadFormatIndicator = 1
-        properties.UserProperty = user
-        assert pack_properties(RECORD_CONTENT_TYPE, user) == properties.pack()  # type: ignore[no-untyped-call]
+        paho_properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        paho_properties.ContentType = RECORD_CONTENT_TYPE
+        paho_properties.PayloadFormatIndicator = 1
+        paho_properties.UserProperty = user
+        assert pack_properties(RECORD_CONTENT_TYPE, user) == paho_properties.pack()  # type: ignore[no-untyped-call]
 
 
-async def test_fields_read_by_sqlite_match_json_loads(tmp_path: Path) -> None:
+async def test_fields_read_by_sqlite_match_json_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with await open_store(tmp_path / "o.db") as store:
         for index, payload in enumerate(PAYLOADS):
             await store.enqueue_record(
@@ -70,5 +77,16 @@ async def test_fields_read_by_sqlite_match_json_loads(tmp_path: Path) -> None:
             expected = record_user_properties(payload, "balance", message.seq, gateway)
             packed = message_publish_properties(message, gateway).pack()
             assert packed == pack_properties(RECORD_CONTENT_TYPE, expected), payload
-    # The agent's own records take the fast path.
-    assert [m.plain for m in messages[:3]] == [True, True, True]
+
+    # Records like the agent's take the fast path: the payload is not parsed whole.
+    def no_whole_parse(*_: object) -> list[tuple[str, str]]:
+        raise AssertionError("payload parsed whole")
+
+    monkeypatch.setattr(properties, "record_user_properties", no_whole_parse)
+    for message in messages[:3]:
+        message_publish_properties(message, "gw-1")
+    assert [properties.message_user_properties(m, "gw-1") for m in messages[:3]] == [
+        [("schema_version", "1.1"), ("kind", "lot"), ("gateway", "gw-1"), ("seq", "1")],
+        [("kind", "order"), ("gateway", "gw-1"), ("seq", "2")],
+        [("kind", "é"), ("gateway", "gw-1"), ("seq", "3")],
+    ]
