@@ -18,6 +18,7 @@ vs due, lateness p99, RSS.
     python benchmarks/bench_poller.py --quick --json poller.json
     python benchmarks/bench_poller.py --pin-core            # Pi-sized: agent alone on core 0
     python benchmarks/bench_poller.py --soak 3600           # memory soak at 1,000 meters
+    python benchmarks/bench_poller.py --meters 300 --profile prof.svg   # py-spy the agent
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -145,6 +147,18 @@ def pinned(command: list[str], cpu_list: str | None) -> list[str]:
     return command if cpu_list is None else ["taskset", "-c", cpu_list, *command]
 
 
+def start_profiler(path: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy on the agent for the measuring window (a sampling profiler: the agent runs on;
+    ``.svg`` a flame graph, ``.json`` speedscope, anything else collapsed stacks)."""
+    formats = {".svg": "flamegraph", ".json": "speedscope"}
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+         "--rate", "200", "--format", formats.get(path.suffix, "raw"), "--output", str(path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 # -- one phase: one client against the farm ------------------------------------------------------
 
 
@@ -158,6 +172,7 @@ class Phase:
     lateness_s: list[float] = field(default_factory=list)
     rss_mb: float = 0.0
     client_latency: dict[str, float] = field(default_factory=dict)
+    exited: int | None = None  # the client's exit status when it stopped inside the window
 
     @property
     def us_per_read(self) -> float:
@@ -179,6 +194,7 @@ class Phase:
             "cpu_share_of_one_core": self.cpu_share, "rss_mb": self.rss_mb,
             "lateness_p50_ms": percentile(self.lateness_s, 0.5) * 1000,
             "lateness_p99_ms": percentile(self.lateness_s, 0.99) * 1000,
+            "exited_in_window": self.exited,
             **{f"client_{k}": v for k, v in self.client_latency.items()},
         }  # fmt: skip
 
@@ -217,6 +233,7 @@ def run_phase(
     *,
     rss_every_s: float | None = None,
     rss_samples: list[tuple[float, float]] | None = None,
+    profile: Path | None = None,
 ) -> Phase:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -224,6 +241,7 @@ def run_phase(
         time.sleep(settle_s)
         farm.reset()
         cpu0, wall0 = cpu_s(process.pid), time.monotonic()
+        profiler = None if profile is None else start_profiler(profile, process.pid, window_s)
         if rss_every_s is not None and rss_samples is not None:
             while time.monotonic() - wall0 < window_s:
                 rss_samples.append((time.monotonic() - wall0, rss_mb(process.pid)))
@@ -235,13 +253,23 @@ def run_phase(
             rss_samples.append((time.monotonic() - wall0, rss_mb(process.pid)))
         else:
             time.sleep(window_s)
-        cpu1, wall1 = cpu_s(process.pid), time.monotonic()
+        exited = process.poll()
+        cpu1, wall1 = (cpu_s(process.pid) if exited is None else cpu0), time.monotonic()
+        if profiler is not None:
+            profiler.wait(timeout=60)
         stats = farm.stats()
         phase = Phase(
             who, meters, wall1 - wall0, cpu1 - cpu0, stats["requests"] // REQUESTS_PER_READ
         )
         phase.lateness_s = poll_lateness_s(stats["poll_starts"], 1.0)
-        phase.rss_mb = rss_mb(process.pid)
+        phase.exited = exited
+        if exited is None:
+            phase.rss_mb = rss_mb(process.pid)
+        else:
+            print(
+                f"    {who} exited ({exited}) inside the window: this run does not count",
+                flush=True,
+            )
     finally:
         process.terminate()
         try:
@@ -260,7 +288,7 @@ def run_phase(
 
 def compare(
     meters: int, window_s: float, settle_s: float, repeats: int, broker_port: int, folder: Path,
-    *, agent_cpus: str | None = None, other_cpus: str | None = None,
+    *, agent_cpus: str | None = None, other_cpus: str | None = None, profile: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     config_path = folder / f"agent-{meters}.yaml"
     runs: list[tuple[Phase, Phase]] = []
@@ -277,7 +305,10 @@ def compare(
                     if who == "agent"
                     else pinned(baseline_command(farm.base_port, meters, life), other_cpus)
                 )
-                phases[who] = run_phase(who, command, farm, meters, window_s, settle_s)
+                profiling = profile if who == "agent" and repeat == 0 else None
+                phases[who] = run_phase(
+                    who, command, farm, meters, window_s, settle_s, profile=profiling
+                )
             runs.append((phases["agent"], phases["baseline"]))
             agent, base = runs[-1]
             print(
@@ -287,11 +318,12 @@ def compare(
                 f"  {percentile(base.lateness_s, 0.99) * 1000:8.1f}  {agent.rss_mb:6.1f}  {base.rss_mb:6.1f}",
                 flush=True,
             )  # fmt: skip
-    ratios = [a.us_per_read / b.us_per_read for a, b in runs]
+    counted = [(a, b) for a, b in runs if a.exited is None and b.exited is None] or runs
+    ratios = [a.us_per_read / b.us_per_read for a, b in counted]
     return {
         "meters": meters,
-        "agent_us_per_read": statistics.median(a.us_per_read for a, _ in runs),
-        "baseline_us_per_read": statistics.median(b.us_per_read for _, b in runs),
+        "agent_us_per_read": statistics.median(a.us_per_read for a, _ in counted),
+        "baseline_us_per_read": statistics.median(b.us_per_read for _, b in counted),
         "ratio": statistics.median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
         "runs": [{"agent": a.summary(), "baseline": b.summary()} for a, b in runs],
@@ -335,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soak", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--soak-every", type=float, default=30.0, help="RSS sample period (s)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="PATH",
+        help="py-spy the agent's first measuring window (.svg, .json speedscope, else raw)",
+    )  # fmt: skip
     parser.add_argument("--baseline-client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -344,6 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from simulators.broker import LocalMosquitto  # noqa: PLC0415
 
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # a runner's SIGTERM: stop the agent, farm and broker too
+
+    signal.signal(signal.SIGTERM, interrupted)
+
     command = shlex.join(
         ["python", "benchmarks/bench_poller.py", *(argv if argv is not None else sys.argv[1:])]
     )
@@ -352,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with LocalMosquitto() as broker, tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         if args.soak is not None:
-            meters = (args.meters or [1000])[0]
+            meters = (args.meters or [50 if args.quick else 1000])[0]
             every = min(args.soak_every, max(1.0, args.soak / 10))
             print(f"memory soak: {meters} meters, {args.soak:.0f} s, RSS every {every:.0f} s")
             result = soak(args.soak, every, meters, broker.port, folder)
@@ -364,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent_cpus: str | None = None
             other_cpus: str | None = None
             if args.pin_core:
-                counts = args.meters or [300]
+                counts = args.meters or [50 if args.quick else 300]
                 agent_cpus, other_cpus = "0", "1"
             else:
                 counts = args.meters or ([50] if args.quick else [100, 300, 1000])
@@ -374,8 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "meters  agent µs  base µs  ratio  reads/s    due  agentCPU  late99ms  base99ms  aRSSMB  bRSSMB"
             )
             for count in counts:
+                profile = None
+                if args.profile is not None:
+                    profile = args.profile.with_name(
+                        f"{args.profile.stem}-{count}{args.profile.suffix}"
+                    )
                 result = compare(count, window, settle, args.repeat, broker.port, folder,
-                                 agent_cpus=agent_cpus, other_cpus=other_cpus)  # fmt: skip
+                                 agent_cpus=agent_cpus, other_cpus=other_cpus, profile=profile)  # fmt: skip
                 details[f"meters_{count}"] = result
                 ratio = result["ratio"]
                 rows.append(row(f"CPU per Modbus read, {count} meters at 1 s", result["agent_us_per_read"],
