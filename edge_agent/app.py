@@ -118,6 +118,7 @@ class Agent:
             self.read_now,
             self.publisher.notify,
             unwritten_since=self.batcher.oldest_pending_ns,
+            write_samples_soon=self.batcher.write_soon,
         )
         if config.balance.enabled:  # before resume: resumed orders may change balances
             self.balances = BalanceKeeper(

@@ -105,6 +105,11 @@ class SampleBatcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    def write_soon(self) -> None:
+        """Write the pending samples now, not when the batch is due (an order waits for them)."""
+        if self._pending:
+            self._wakeup.set()
+
     def oldest_pending_ns(self) -> int | None:
         """The time of the first sample still to write (sources put them in time order)."""
         return self._pending[0].ts_ns if self._pending else None

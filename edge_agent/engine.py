@@ -34,7 +34,7 @@ from edge_agent.mes.events import ORDER_EVENT_TYPES, OrderEvent, parse_event
 from edge_agent.mes.timeline import OrderTimeline, replay_order
 from edge_agent.publish.topics import lot_topic, order_topic
 from edge_agent.sharing import SharedInputs, extended_window, shared_points
-from edge_agent.store import IntakeCommit, OutboxRecord, Store, StoredEvent
+from edge_agent.store import IntakeCommit, OutboxRecord, Status, Store, StoredEvent
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,15 @@ class _Admission:
         return commit, positions
 
 
+@dataclass(slots=True)
+class _Lookups:
+    """Store answers kept for the finalisation of one order (every store call is a thread hop,
+    and under load each hop waits for the event loop)."""
+
+    overlapping: dict[tuple[str, int, int, int], list[str]] = field(default_factory=dict)
+    timelines: dict[tuple[str, int], OrderTimeline | None] = field(default_factory=dict)
+
+
 def _stored(event: OrderEvent, now_ns: int, held_until_ns: int | None) -> StoredEvent:
     is_order_event = event.type != "lot_complete"  # an order_id on a lot_complete is ignored
     return StoredEvent(
@@ -213,10 +222,14 @@ class OrderEngine:
         on_record: Callable[[], None],
         *,
         unwritten_since: Callable[[], int | None] = lambda: None,
+        write_samples_soon: Callable[[], None] = lambda: None,
     ) -> None:
         self._config = config
         # The time of the oldest polled sample not yet in the store (None: all written).
         self._unwritten_since = unwritten_since
+        # Asks the sample writer for its pending batch now rather than at the batch's age: a
+        # stopped order waits for the polls before its stop (up to store.batch_max_delay_s).
+        self._write_samples_soon = write_samples_soon
         self._store = store
         self._clock = clock
         self._read_now = read_now
@@ -228,6 +241,7 @@ class OrderEngine:
         self._recheck_orders: set[str] = set()
         self._pending_lots: set[str] = set()
         self._lock = asyncio.Lock()  # one event or finalisation at a time: simple and ordered
+        self._lookups: _Lookups | None = None  # set while an order is being finalised
         self._kick = asyncio.Event()
         self.records_enqueued = 0
         # Told of every order record computed (published or not): the energy balances.
@@ -479,6 +493,7 @@ class OrderEngine:
                     self._pending_lots.add(event.lot_id)
             if event.type in ("stop", "cancel") or event.order_id in released:
                 self._pending_orders.add(event.order_id)
+                self._write_samples_soon()
                 continue
             if event.order_id not in known_before:
                 continue  # a new order cannot be final yet
@@ -620,12 +635,48 @@ class OrderEngine:
         if equipment is None:
             log.warning("order %s ran on unknown equipment %s", order_id, timeline.equipment_id)
             return True
-        complete = await self._boundary_covered(equipment, timeline.stop_ns) and (
-            self._samples_written_through(timeline.stop_ns)
+        # The free check first (an order waiting for its polls costs no query per retry), and
+        # again after the query, as before: a failed sample write puts its batch back.
+        written = self._samples_written_through(timeline.stop_ns)
+        if not written:
+            self._write_samples_soon()
+        complete = (
+            written
+            and await self._boundary_covered(equipment, timeline.stop_ns)
+            and self._samples_written_through(timeline.stop_ns)
         )
         timed_out = now_ns >= timeline.stop_ns + int(equipment.final_timeout_s * NS_PER_S)
         if not complete and not timed_out and not timeline.cancelled:
             return False
+        self._lookups = _Lookups()
+        try:
+            return await self._finalise_order(
+                order_id,
+                status,
+                stored,
+                timeline,
+                equipment,
+                now_ns,
+                complete=complete,
+                own_change=own_change,
+            )
+        finally:
+            self._lookups = None
+
+    async def _finalise_order(
+        self,
+        order_id: str,
+        status: Status | None,
+        stored: list[StoredEvent],
+        timeline: OrderTimeline,
+        equipment: EquipmentConfig,
+        now_ns: int,
+        *,
+        complete: bool,
+        own_change: bool,
+    ) -> bool:
+        """Compute the record of a stopped order whose data is complete (or timed out)."""
+        was_final = status is not None and status.status == "final"
         inputs = await self._order_inputs(equipment, timeline, now_ns)
         published = await self._store.latest_record(order_id)
         revision = (status.revision if status is not None else 0) + 1  # reopened orders go on
@@ -713,9 +764,7 @@ class OrderEngine:
         seen_running: set[str] = set()
         for equipment_id, (a, b) in extents.items():
             by_extent.update(
-                await self._store.order_ids_possibly_overlapping(
-                    equipment_id, a - _OVERLAP_LOOKBACK_NS, a, b
-                )
+                await self._possibly_overlapping(equipment_id, a - _OVERLAP_LOOKBACK_NS, a, b)
             )
             seen_running.update(
                 await self._store.final_orders_finalised_between(
@@ -727,7 +776,7 @@ class OrderEngine:
             status = await self._store.order_status(other_id)
             if status is None or status.status != "final":
                 continue  # computed when it is final, with what is stored then
-            other = await self._timeline(other_id, now_ns)
+            other = await self._timeline_looked_up(other_id, now_ns)
             if other is None:
                 continue
             computed_ns = status.finalised_ns if status.finalised_ns is not None else now_ns
@@ -884,17 +933,41 @@ class OrderEngine:
         self, equipment_id: str, timeline: OrderTimeline, now_ns: int
     ) -> list[OrderTimeline]:
         end_ns = timeline.stop_ns if timeline.stop_ns is not None else now_ns
-        order_ids = await self._store.order_ids_possibly_overlapping(
+        order_ids = await self._possibly_overlapping(
             equipment_id, timeline.start_ns - _OVERLAP_LOOKBACK_NS, timeline.start_ns, end_ns
         )
         others = []
         for other_id in order_ids:
             if other_id == timeline.order_id:
                 continue
-            other = await self._timeline(other_id, now_ns)
+            other = await self._timeline_looked_up(other_id, now_ns)
             if other is not None and any(other.overlaps(a, b) for a, b in timeline.occupied):
                 others.append(other)
         return others
+
+    async def _possibly_overlapping(
+        self, equipment_id: str, started_from_ns: int, from_ns: int, to_ns: int
+    ) -> list[str]:
+        """The store's overlap candidates, asked once per finalisation (its inputs and its
+        rechecks ask the same: the events cannot change while the engine's lock is held)."""
+        key = (equipment_id, started_from_ns, from_ns, to_ns)
+        lookups = self._lookups
+        if lookups is not None and key in lookups.overlapping:
+            return lookups.overlapping[key]
+        found = await self._store.order_ids_possibly_overlapping(*key)
+        if lookups is not None:
+            lookups.overlapping[key] = found
+        return found
+
+    async def _timeline_looked_up(self, order_id: str, now_ns: int) -> OrderTimeline | None:
+        """Another order replayed at ``now_ns``, once per finalisation (see above)."""
+        lookups = self._lookups
+        if lookups is not None and (order_id, now_ns) in lookups.timelines:
+            return lookups.timelines[(order_id, now_ns)]
+        timeline = await self._timeline(order_id, now_ns)
+        if lookups is not None:
+            lookups.timelines[(order_id, now_ns)] = timeline
+        return timeline
 
     async def _try_finalise_lot(self, lot_id: str) -> bool:
         """The lot summary, made on ``lot_complete`` (docs/contracts.md, "Lot records").

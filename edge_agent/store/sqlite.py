@@ -423,11 +423,13 @@ class Store:
         Inside the caller's transaction; returns per event whether it was new (a stored id, or
         an id repeated in ``events``, is a duplicate: the first one wins).
         """
-        async with self._db.execute(
-            f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(events))})",
-            [e.event_id for e in events],
-        ) as cursor:
-            taken = {row[0] for row in await cursor.fetchall()}
+        taken = {
+            row[0]
+            for row in await self._db.execute_fetchall(
+                f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(events))})",
+                [e.event_id for e in events],
+            )
+        }  # one thread hop (a cursor's execute, fetch and close are three)
         inserted = []
         for event in events:
             inserted.append(event.event_id not in taken)
@@ -585,11 +587,14 @@ class Store:
 
     async def _count_rejected(self, counts: Mapping[str, int]) -> None:
         now_ns = self._clock.now_ns()
+        rows = [(reason, count, now_ns) for reason, count in counts.items() if count > 0]
+        if not rows:  # most batches: no statement, no thread hop
+            return
         await self._db.executemany(
             "INSERT INTO rejected_events (reason, count, last_ns) VALUES (?, ?, ?) "
             "ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count, "
             "last_ns = excluded.last_ns",
-            [(reason, count, now_ns) for reason, count in counts.items() if count > 0],
+            rows,
         )
 
     async def stale_open_orders(self, started_before_ns: int) -> list[str]:
@@ -746,10 +751,12 @@ class Store:
             "DELETE FROM agent_state WHERE key IN (?, ?)",
             (_RECHECK + order_id, _CHANGED + order_id),
         )
-        await self._db.executemany(
-            "INSERT INTO agent_state (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING",
-            [(_RECHECK + other,) for other in recheck if other != order_id],
-        )
+        others = [(_RECHECK + other,) for other in recheck if other != order_id]
+        if others:  # usually none: a statement less, a thread hop less
+            await self._db.executemany(
+                "INSERT INTO agent_state (key, value) VALUES (?, '') ON CONFLICT (key) DO NOTHING",
+                others,
+            )
 
     async def recheck_order_ids(self) -> list[str]:
         """Final orders to recompute because an order that shared their equipment changed.
@@ -854,21 +861,23 @@ class Store:
             return await self._enqueue(record)
 
     async def _enqueue(self, record: OutboxRecord) -> int:
-        # RETURNING yields nothing when the row exists, hence the SELECT in that case only.
-        async with self._db.execute(
-            "INSERT INTO outbox (record_id, revision, kind, lot_id, order_id, topic, payload, "
-            "created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (record_id, revision) DO NOTHING RETURNING seq",
-            (
-                record.record_id, record.revision, record.kind, record.lot_id, record.order_id,
-                record.topic, record.payload, record.created_ns,
-            ),
-        ) as cursor:  # fmt: skip
-            row = await cursor.fetchone()
-        if row is None:
+        # RETURNING yields nothing when the row exists, hence the SELECT in that case only
+        # (each statement one hop to aiosqlite's thread: execute_fetchall).
+        rows = list(
+            await self._db.execute_fetchall(
+                "INSERT INTO outbox (record_id, revision, kind, lot_id, order_id, topic, "
+                "payload, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (record_id, revision) DO NOTHING RETURNING seq",
+                (
+                    record.record_id, record.revision, record.kind, record.lot_id,
+                    record.order_id, record.topic, record.payload, record.created_ns,
+                ),
+            )
+        )  # fmt: skip
+        if not rows:
             query = "SELECT seq FROM outbox WHERE record_id = ? AND revision = ?"
-            async with self._db.execute(query, (record.record_id, record.revision)) as cursor:
-                row = await cursor.fetchone()
+            rows = list(await self._db.execute_fetchall(query, (record.record_id, record.revision)))
+        row = rows[0] if rows else None
         if row is None:
             raise StoreError(f"record {record.record_id} rev {record.revision} was not enqueued")
         if record.kind in ("order", "lot"):
@@ -1196,18 +1205,16 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
-        async with self._lock:
-            try:
-                async with self._db.execute(query, params) as cursor:
-                    return await cursor.fetchone()
-            except aiosqlite.Error as exc:
-                raise StoreError(f"query failed: {exc}") from exc
+        """The first row (every caller's query yields at most one), in one thread hop."""
+        rows = await self._all(query, params)
+        return rows[0] if rows else None
 
     async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        # execute_fetchall is one hop to aiosqlite's thread; a cursor's execute, fetch and
+        # close are three, and under load each hop waits for the event loop.
         async with self._lock:
             try:
-                async with self._db.execute(query, params) as cursor:
-                    return list(await cursor.fetchall())
+                return list(await self._db.execute_fetchall(query, params))
             except aiosqlite.Error as exc:
                 raise StoreError(f"query failed: {exc}") from exc
 
