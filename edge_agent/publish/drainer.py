@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 # notified: a safety net only, every enqueue notifies (notify() wakes the drain at once).
 _IDLE_POLL_S = 2.0
 _FETCH_ROWS = 500  # rows read per query (the next query runs while these go out)
+# Once all is acknowledged, wait this long for a new record before marking the PUBACKs sent:
+# a record finalised meanwhile goes out first instead of queueing behind that transaction.
+# PUBACKs older than _MARK_WITHIN_S are marked before anything else, though.
+_ACK_FLUSH_S = 0.05
+_MARK_WITHIN_S = 1.0
 _MARK_BATCH = 500  # PUBACKs marked sent per transaction while draining
 
 __all__ = ["RECORD_CONTENT_TYPE", "OutboxPublisher", "ResyncRequest", "parse_resync"]
@@ -156,6 +161,7 @@ class OutboxPublisher:
         self._status_task: asyncio.Task[None] | None = None
         self.problems: dict[str, str] = {}
         self._acked: list[int] = []  # seqs acknowledged, not yet marked sent
+        self._first_unmarked_s = 0.0  # event-loop time of the oldest PUBACK in _acked
         self._marking: asyncio.Task[None] | None = None  # a background mark_sent_many
         # Shared by the drain and re-sync requests: at most max_inflight unacknowledged.
         self._inflight = asyncio.Semaphore(config.mqtt.max_inflight)
@@ -245,6 +251,8 @@ class OutboxPublisher:
                 self._raise_if_failed()
                 if self._window:  # wait for new records, the last PUBACK or a failure
                     await self._wake.wait()
+                elif self._may_defer_marking() and await wait_event(self._wake, _ACK_FLUSH_S):
+                    pass  # a new record: publish it, mark the PUBACKs later
                 else:
                     await self._flush_acks()
                     await wait_event(self._wake, _IDLE_POLL_S)
@@ -274,6 +282,10 @@ class OutboxPublisher:
             if len(self._acked) >= _MARK_BATCH:
                 self._mark_in_background()
 
+    def _may_defer_marking(self) -> bool:
+        loop_time = asyncio.get_running_loop().time()
+        return bool(self._acked) and loop_time - self._first_unmarked_s < _MARK_WITHIN_S
+
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise ConnectionLost(self._failure)
@@ -283,6 +295,8 @@ class OutboxPublisher:
     def _on_acks(self, acks: list[tuple[int, int]]) -> None:
         """PUBACKs of the drain's records (event loop, a batch per wake-up)."""
         window, now = self._window, self._clock.now_ns()
+        if not self._acked:
+            self._first_unmarked_s = asyncio.get_running_loop().time()
         for mid, code in acks:
             message = window.pop(mid, None)
             if message is None:
