@@ -56,6 +56,7 @@ def benchmarks(soak_s: float) -> list[Benchmark]:
         Benchmark("store", "bench_store.py", (), ("--quick",)),
         Benchmark("opcua", "bench_opcua.py", (), ("--quick",)),
         Benchmark("hub", "bench_hub.py", (), ("--quick",)),
+        Benchmark("hub_store", "hub_store.py", (), ("--quick",)),
         Benchmark(
             "soak",
             "bench_poller.py",

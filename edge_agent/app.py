@@ -94,7 +94,9 @@ class Agent:
 
     async def start(self) -> None:
         config = self.config
-        self.store = store = await open_store(config.store.path, clock=self.clock)
+        self.store = store = await open_store(
+            config.store.path, clock=self.clock, sample_merge_s=config.store.samples_merge_s
+        )
         # Before resume: records of orders resumed now need the down-time that just ended.
         self.run_marks = RunMarks(store, self.clock)
         await self.run_marks.start()

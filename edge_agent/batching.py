@@ -24,6 +24,8 @@ from edge_agent.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
+_DROP_WARNING_EVERY_S = 60.0
+
 
 class OtherPointThinning:
     """Which samples of ``other``-role points are stored; every other sample passes.
@@ -87,6 +89,7 @@ class SampleBatcher:
         self._wakeup = asyncio.Event()
         self.written = 0
         self.dropped = 0
+        self._next_drop_warning = 0.0  # monotonic
         self.failed_writes = 0
         self.failing_since: float | None = None  # monotonic; set while writes fail
 
@@ -97,7 +100,18 @@ class SampleBatcher:
             for _ in range(overflow):
                 self._pending.popleft()
             self.dropped += overflow
-            log.warning("sample buffer full: dropped %d oldest raw samples", overflow)
+            # Once per minute at most: while the buffer stays full every poll drops samples, and
+            # a warning per poll (a thousand a second at 1,000 meters) would cost the event loop
+            # the time the writer needs to catch up.
+            now = time.monotonic()
+            if now >= self._next_drop_warning:
+                self._next_drop_warning = now + _DROP_WARNING_EVERY_S
+                log.warning(
+                    "sample buffer full (%d samples waiting for the store): dropped the oldest "
+                    "raw samples, %d in all so far",
+                    len(self._pending),
+                    self.dropped,
+                )
         if len(self._pending) >= self._max_batch:
             self._wakeup.set()
 

@@ -23,6 +23,7 @@ thread hop per await, so every method here does its work in as few awaits as pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -175,6 +176,10 @@ _UNSENT_MESSAGES = (
 )
 # Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
 _PRUNE_CHUNK_ROWS = 20_000
+# The journal is merged early past this many rows, so reading it stays cheap (1,000 meters
+# polled every second write ~2,000 rows a second).
+_JOURNAL_MAX_ROWS = 200_000
+SAMPLE_MERGE_S = 60.0
 # agent_state keys of final orders to recompute (see Store.recheck_order_ids).
 _RECHECK = "split_recheck/"
 _CHANGED = "order_changed/"
@@ -185,6 +190,13 @@ def _sample(row: Any) -> Sample:
     return Sample(
         ts_ns, meter_id, point, PointRole(role), unit, value, Quality(quality), state, detail
     )
+
+
+def _bracketed(ordered: list[Sample], start_ns: int, end_ns: int) -> list[Sample]:
+    """Of time-ordered samples: the last before start, those in [start, end], the first after."""
+    before = [s for s in ordered if s.ts_ns < start_ns][-1:]
+    after = [s for s in ordered if s.ts_ns > end_ns][:1]
+    return before + [s for s in ordered if start_ns <= s.ts_ns <= end_ns] + after
 
 
 def _event(row: Any) -> StoredEvent:
@@ -209,10 +221,19 @@ def _consecutive_runs(numbers: Sequence[int]) -> list[tuple[int, int]]:
 class Store:
     """Open with :func:`open_store`; all methods are coroutines on one connection."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: Path,
+        clock: Clock,
+        sample_merge_s: float = SAMPLE_MERGE_S,
+    ) -> None:
         self._db = db
         self.path = path
         self._clock = clock
+        self.sample_merge_s = sample_merge_s
+        self._merge_at_s: float | None = None  # set by the first write of samples
+        self._journal_rows = 0  # written since the last merge, by this process
         # One connection is shared by every task. A transaction spans several awaits, so every
         # statement takes this lock: another task's write would otherwise land inside it, and
         # another task's read would see rows that may still be rolled back.
@@ -236,6 +257,13 @@ class Store:
         return int(row[0]) if row else 0
 
     # -- samples ----------------------------------------------------------------------------
+    #
+    # New samples go to samples_journal, which has no index but its rowid: a commit writes the
+    # pages its rows fill. Every samples_merge_s they move into samples, sorted by meter point.
+    # samples' (meter_id, point, ts_ns) index puts each point's newest entries on a page of its
+    # own, so a commit straight into it rewrites one 4 KB page per point: at 1 s polling that
+    # was most of what the agent wrote to its disk (docs/performance.md, bytes per day). Every
+    # query reads both tables.
 
     async def write_samples(self, samples: Sequence[Sample]) -> None:
         """Append a batch of samples in one transaction (all or none)."""
@@ -250,8 +278,30 @@ class Store:
         ]  # fmt: skip
         async with self._transaction("NORMAL", f"writing {len(rows)} samples"):
             await self._db.executemany(
-                f"INSERT INTO samples ({_SAMPLE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                f"INSERT INTO samples_journal ({_SAMPLE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
+        self._journal_rows += len(rows)
+        now_s = self._clock.monotonic_s()
+        if self._merge_at_s is None:
+            self._merge_at_s = now_s + self.sample_merge_s
+        elif now_s >= self._merge_at_s or self._journal_rows >= _JOURNAL_MAX_ROWS:
+            await self.merge_sample_journal()
+
+    async def merge_sample_journal(self) -> int:
+        """Move the journal's samples into the indexed table, sorted by meter point (one
+        transaction); returns how many moved."""
+        async with self._transaction("NORMAL", "moving samples from the journal"):
+            cursor = await self._db.execute(
+                f"INSERT INTO samples ({_SAMPLE_COLUMNS}) SELECT {_SAMPLE_COLUMNS} "
+                "FROM samples_journal ORDER BY meter_id, point, ts_ns, id"
+            )
+            moved = cursor.rowcount
+            await self._db.execute("DELETE FROM samples_journal")
+        self._journal_rows = 0
+        self._merge_at_s = self._clock.monotonic_s() + self.sample_merge_s
+        return moved
 
     async def readings(
         self, meter_id: str, point: str, start_ns: int, end_ns: int, *, good_only: bool = True
@@ -263,6 +313,7 @@ class Store:
         """
         good = "AND quality = 'good'" if good_only else ""
         where = f"meter_id = ? AND point = ? {good}"
+        # The journal holds at most samples_merge_s of samples: all of this point's are read.
         query = f"""
             SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
                            WHERE {where} AND ts_ns < ? ORDER BY ts_ns DESC LIMIT 1)
@@ -272,41 +323,58 @@ class Store:
             UNION ALL
             SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
                            WHERE {where} AND ts_ns > ? ORDER BY ts_ns ASC LIMIT 1)
+            UNION ALL
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples_journal
+                           WHERE {where} ORDER BY id)
         """
         params = (
             meter_id, point, start_ns,
             meter_id, point, start_ns, end_ns,
             meter_id, point, end_ns,
+            meter_id, point,
         )  # fmt: skip
         rows = await self._all(query, params)
-        # Each part comes from the (meter_id, point, ts_ns) index; sort once for a stable order
-        # (samples sharing a timestamp keep their insertion order: Python's sort is stable).
-        return sorted((_sample(row) for row in rows), key=lambda s: s.ts_ns)
+        # Sort once for a stable order: samples sharing a timestamp keep their insertion order
+        # (the indexed table's rows came first; Python's sort is stable).
+        ordered = sorted((_sample(row) for row in rows), key=lambda s: s.ts_ns)
+        return _bracketed(ordered, start_ns, end_ns)
 
     async def has_reading_at_or_after(self, meter_id: str, point: str, ts_ns: int) -> bool:
         """Whether a good reading at or after ``ts_ns`` exists (an order's stop is measured)."""
+        where = "meter_id = ? AND point = ? AND quality = 'good' AND ts_ns >= ?"
         query = (
-            "SELECT 1 FROM samples WHERE meter_id = ? AND point = ? AND quality = 'good' "
-            "AND ts_ns >= ? LIMIT 1"
+            f"SELECT EXISTS (SELECT 1 FROM samples_journal WHERE {where}) "
+            f"OR EXISTS (SELECT 1 FROM samples WHERE {where})"
         )
-        return await self._one(query, (meter_id, point, ts_ns)) is not None
+        row = await self._one(query, (meter_id, point, ts_ns) * 2)
+        return bool(row[0]) if row else False
 
     async def latest_sample(self, meter_id: str, point: str) -> Sample | None:
         """The newest sample of any quality (the probe and health show failures too)."""
-        query = (
-            f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE meter_id = ? AND point = ? "
-            "ORDER BY ts_ns DESC LIMIT 1"
-        )
-        row = await self._one(query, (meter_id, point))
-        return _sample(row) if row else None
+        query = f"""
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples
+                           WHERE meter_id = ? AND point = ? ORDER BY ts_ns DESC LIMIT 1)
+            UNION ALL
+            SELECT * FROM (SELECT {_SAMPLE_COLUMNS} FROM samples_journal
+                           WHERE meter_id = ? AND point = ? ORDER BY ts_ns DESC, id DESC LIMIT 1)
+        """
+        rows = await self._all(query, (meter_id, point) * 2)
+        # On a tie the journal's (the later insertion) is the newer.
+        return max((_sample(row) for row in rows), key=lambda s: s.ts_ns, default=None)
 
     async def sample_count(self) -> int:
-        row = await self._one("SELECT count(*) FROM samples")
+        row = await self._one(
+            "SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM samples_journal)"
+        )
         return int(row[0]) if row else 0
 
     async def prune_samples(self, older_than_ns: int) -> int:
         """Retention: delete samples older than ``older_than_ns``. Never touches anything else."""
-        deleted = 0
+        async with self._transaction("NORMAL", "pruning samples"):
+            cursor = await self._db.execute(
+                "DELETE FROM samples_journal WHERE ts_ns < ?", (older_than_ns,)
+            )
+        deleted = cursor.rowcount
         while True:
             async with self._transaction("NORMAL", "pruning samples"):
                 cursor = await self._db.execute(
@@ -346,6 +414,9 @@ class Store:
                     (chunk,),
                 )
             deleted += cursor.rowcount
+            if cursor.rowcount == 0:
+                await self.merge_sample_journal()  # every sample left is in the journal
+                continue
             await self._give_back_free_pages()
         return deleted
 
@@ -1225,6 +1296,13 @@ class Store:
         Database errors come out as :class:`StoreError` naming ``what`` was being done.
         """
         async with self._lock:
+            if self._db.in_transaction:
+                # A task cancelled while its BEGIN (or ROLLBACK) was queued left the statement
+                # to run in aiosqlite's thread after the await was given up: end that
+                # transaction, or every later one fails ("cannot change the safety level",
+                # "cannot start a transaction within a transaction").
+                with contextlib.suppress(aiosqlite.Error):
+                    await self._db.rollback()
             try:
                 if sync != self._sync:
                     # Outside any transaction: the level applies to the commit below.
@@ -1237,13 +1315,20 @@ class Store:
                 yield
                 await self._db.commit()
             except BaseException as exc:
-                await self._db.rollback()
+                # Shielded: a second cancellation (a stop's timeout) must not abandon it.
+                await asyncio.shield(self._rollback())
                 if isinstance(exc, aiosqlite.Error):
                     raise StoreError(f"{what} failed: {exc}") from exc
                 raise
 
+    async def _rollback(self) -> None:
+        with contextlib.suppress(aiosqlite.Error):  # nothing to roll back: the commit ran
+            await self._db.rollback()
 
-async def open_store(path: Path, *, clock: Clock | None = None) -> Store:
+
+async def open_store(
+    path: Path, *, clock: Clock | None = None, sample_merge_s: float = SAMPLE_MERGE_S
+) -> Store:
     """Open (creating and migrating as needed) the database at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -1268,7 +1353,7 @@ async def open_store(path: Path, *, clock: Clock | None = None) -> Store:
         if isinstance(exc, StoreError):
             raise
         raise StoreError(f"cannot open the database {path}: {exc}") from exc
-    return Store(db, path, clock or SystemClock())
+    return Store(db, path, clock or SystemClock(), sample_merge_s)
 
 
 async def migrate(db: aiosqlite.Connection, target: int | None = None) -> int:

@@ -4,6 +4,8 @@ SQLite file."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -135,3 +137,24 @@ async def test_readings_are_the_same_wherever_the_samples_are(
             for s in want
             if start * NS_PER_S <= s.ts_ns <= (start + length) * NS_PER_S
         ]
+
+
+async def test_a_transaction_left_open_by_a_cancelled_task_does_not_block_the_next(
+    tmp_path: Path,
+) -> None:
+    """A task cancelled while its BEGIN was queued leaves BEGIN to run in aiosqlite's thread
+    after the await is given up; the next transaction must still work (it failed with "Safety
+    level may not be changed inside a transaction" when an agent was stopped mid-write)."""
+    async with await open_store(tmp_path / "agent.db", clock=FakeClock()) as store:
+        for round_ in range(40):
+            task = asyncio.create_task(store.write_samples([sample(round_, float(round_))]))
+            for _ in range(round_ % 5):  # cancel at a different await each round
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await store.write_samples([sample(100, 100.0)])
+        await store.prune_samples(0)  # a NORMAL then...
+        await store.mark_sent_many([], 0)  # ...whatever level the next statement needs
+        window = await store.readings("m", "energy", 100 * NS_PER_S, 100 * NS_PER_S)
+        assert [s.value for s in window] == [100.0]
