@@ -75,8 +75,8 @@ class FirstRequests:
                 if len(self.first_ns) == self.count:
                     self.all_seen.set()
             await reader.read()  # hold the connection open, silent, until the client goes
-        except ConnectionError:
-            pass
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went, or the listeners are being closed
         finally:
             writer.close()
 

@@ -472,3 +472,16 @@ async def test_rtu_bus_over_a_pseudo_terminal_pair(tmp_path: Path) -> None:
     assert by_key["u4", "energy"].quality is Quality.TIMEOUT
     assert "no answer from unit 4" in by_key["u4", "energy"].detail
     assert [s.quality for s in again] == [Quality.GOOD, Quality.GOOD]
+
+
+def test_connections_first_polls_are_spread_over_the_first_interval(tmp_path: Path) -> None:
+    """1,000 meters must not all be asked at the same instant every second, and at start-up
+    the first meter is read at once instead of after every connection has been opened."""
+    config = config_of(
+        [meter(f"m{i}", 20000 + i, {"energy": POINTS["energy"]}) for i in range(4)]
+        + [meter("slow", 20010, {"energy": POINTS["energy"]}, interval_s=10.0)],
+        tmp_path,
+    )
+    offsets = [s.first_poll_after_s for s in build_modbus_sources(config, SystemClock())]
+    assert offsets[:4] == pytest.approx([0.0, 0.02, 0.04, 0.06])  # i/5 of a 0.1 s interval
+    assert offsets[4] == pytest.approx(8.0)  # 4/5 of its own 10 s interval

@@ -133,11 +133,13 @@ class ModbusConnection:
         meters: Sequence[ModbusMeter],
         clock: Clock,
         power_limits: Mapping[str, PowerLimit] | None = None,
+        first_poll_after_s: float = 0.0,
     ) -> None:
         if not meters:
             raise ValueError("a connection needs at least one meter")
         self._key = key
         self._clock = clock
+        self._first_poll_after_s = first_poll_after_s
         self._meters: dict[str, _MeterState] = {}
         for meter in meters:
             blocks = plan_reads(meter.points, meter.max_gap_registers, meter.max_registers_per_read)
@@ -161,6 +163,11 @@ class ModbusConnection:
         return tuple(self._meters)
 
     @property
+    def first_poll_after_s(self) -> float:
+        """How long after ``run`` starts its meters are first polled (see build_modbus_sources)."""
+        return self._first_poll_after_s
+
+    @property
     def stats(self) -> ConnectionStats:
         # Read after every poll (the monitor's latency): built directly, dataclasses.replace
         # costs several times more.
@@ -174,7 +181,7 @@ class ModbusConnection:
     # -- Source interface -------------------------------------------------------------------
 
     async def run(self, sink: SampleSink) -> None:
-        start = self._clock.monotonic_s()
+        start = self._clock.monotonic_s() + self._first_poll_after_s
         for state in self._meters.values():
             state.next_deadline_s = start
         try:
@@ -660,4 +667,18 @@ def build_modbus_sources(config: AgentConfig, clock: Clock) -> list[ModbusConnec
         if isinstance(meter, ModbusTcpMeter | ModbusRtuMeter) and meter.enabled:
             groups.setdefault(connection_key(meter), []).append(meter)
     limits = power_limits(config)
-    return [ModbusConnection(key, meters, clock, limits) for key, meters in groups.items()]
+    # Each connection's first poll is put at its own point of the first interval, so the
+    # connections' polls are spread over every interval instead of all due at the same instant:
+    # at start-up the first meter is read at once rather than after every connection has been
+    # opened, and at run time 1,000 meters do not ask in one burst every second.
+    count = len(groups)
+    return [
+        ModbusConnection(
+            key,
+            meters,
+            clock,
+            limits,
+            first_poll_after_s=index / count * min(meter.interval_s for meter in meters),
+        )
+        for index, (key, meters) in enumerate(groups.items())
+    ]
