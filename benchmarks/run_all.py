@@ -5,6 +5,7 @@ docs/performance.md (between its ``run_all`` markers; the prose below them is ke
 
     python benchmarks/run_all.py                  # everything, the one-hour soak included
     python benchmarks/run_all.py --soak-seconds 600 --only poller soak
+    python benchmarks/run_all.py --skip soak --import soak=soak.json   # a soak run apart
     python benchmarks/run_all.py --quick          # smoke runs (CI): results/quick.json only
 
 Benchmarks run one after another, never side by side, so none measures another's load. Each is
@@ -55,8 +56,20 @@ def benchmarks(soak_s: float) -> list[Benchmark]:
         Benchmark("intake", "bench_intake.py", (), ("--quick",)),
         Benchmark("store", "bench_store.py", (), ("--quick",)),
         Benchmark("opcua", "bench_opcua.py", (), ("--quick",)),
-        Benchmark("hub", "bench_hub.py", (), ("--quick",)),
-        Benchmark("hub_store", "hub_store.py", (), ("--quick",)),
+        # The hub's own runs use 10,000 footprints (docs/performance.md); here a size that keeps
+        # the whole run under an hour.
+        Benchmark(
+            "hub",
+            "bench_hub.py",
+            ("--records", "2000", "--footprints", "2000", "--requests", "100"),
+            ("--quick",),
+        ),
+        Benchmark(
+            "hub_store",
+            "hub_store.py",
+            ("--records", "5000", "--footprints", "1000", "--repeat", "50"),
+            ("--quick",),
+        ),
         Benchmark(
             "soak",
             "bench_poller.py",
@@ -131,6 +144,17 @@ def run_one(bench: Benchmark, quick: bool, folder: Path, about: dict[str, Any]) 
     result["seconds"] = round(elapsed, 1)
     result["failure"] = failure
     print(f"=== {bench.name}: {'FAILED: ' + failure if failure else 'done'} in {elapsed:.0f} s")
+    return result
+
+
+def imported(name: str, path: Path, folder: Path) -> dict[str, Any]:
+    """A result its script wrote apart from this run (its own command and file time kept)."""
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if not result.get("rows"):
+        raise SystemExit(f"{path}: no rows (not a benchmark result)")
+    ran = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    result.update(name=name, ran=f"{ran}, imported", seconds=0.0, failure=None)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
@@ -211,8 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke runs; the docs stay as they are"
     )
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="leave these out")
     parser.add_argument("--soak-seconds", type=float, default=3600.0)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON files")
+    parser.add_argument(
+        "--import", dest="imports", nargs="+", default=[], metavar="NAME=PATH",
+        help="take NAME's result from a --json file its script wrote (e.g. a soak run apart)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     chosen = benchmarks(args.soak_seconds)
     if args.only:
@@ -222,15 +251,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"unknown benchmark(s) {sorted(unknown)}; known: {[b.name for b in chosen]}"
             )
         chosen = [b for b in chosen if b.name in args.only]
+    chosen = [b for b in chosen if b.name not in args.skip]
     args.results.mkdir(parents=True, exist_ok=True)
     about = machine()
     results = [run_one(bench, args.quick, args.results, about) for bench in chosen]
+    for item in args.imports:
+        name, _, path = item.partition("=")
+        results.append(imported(name, Path(path), args.results))
     combined = {"machine": about, "quick": args.quick, "results": results}
     target = args.results / ("quick.json" if args.quick else "latest.json")
-    if not args.quick and args.only and target.is_file():
+    if not args.quick and (args.only or args.skip or args.imports) and target.is_file():
         # A partial run replaces only its own benchmarks in the combined file and the docs.
         previous = json.loads(target.read_text(encoding="utf-8"))
-        kept = [r for r in previous.get("results", []) if r["name"] not in args.only]
+        fresh = {r["name"] for r in results}
+        kept = [r for r in previous.get("results", []) if r["name"] not in fresh]
         order = [b.name for b in benchmarks(args.soak_seconds)]
         combined["results"] = sorted(kept + results, key=lambda r: order.index(r["name"]))
     target.write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
