@@ -20,6 +20,7 @@ total, worker pids, and the instants at which each meter's polls began since the
 elapsed, ``quit`` or SIGTERM) it prints ``SERVED <requests>`` and the last stats line.
 
     python benchmarks/meter_server.py --meters 1000 --duration 60
+    python benchmarks/meter_server.py --meters 1000 --probe 15   # its latency under 4,000 req/s
     mbpoll -m tcp -a 1 -r 73 -c 2 -t 3:float -B -p 15000 -1 127.0.0.1
 
 Other benchmarks use :class:`MeterFarm` (a context manager around this script as a subprocess).
@@ -361,7 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-port", type=int, default=0, help="0: find free ports")
     parser.add_argument("--processes", type=int, default=0, help="0: one per 500 meters, ≤ cores")
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds, then exit")
+    parser.add_argument(
+        "--probe", type=float, default=None, metavar="SECONDS",
+        help="start the farm, read it with a lean client for SECONDS, print the latency, exit",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.probe is not None:
+        print(json.dumps(probe(args.meters, args.processes, args.probe)), flush=True)
+        return 0
     _raise_fd_limit()
     base = args.base_port or consecutive_free_ports(args.meters)
     processes = args.processes or default_processes(args.meters)
@@ -402,6 +410,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     farm.stop()
     print(f"SERVED {final['requests']}", flush=True)
     return 0
+
+
+# -- checking the farm from a lean client ---------------------------------------------------------
+
+PROBE_BLOCKS = ((0, 8), (52, 2), (70, 6), (342, 2))  # the agent's 4 SDM630 requests
+
+
+async def probe_latency(base_port: int, meters: int, seconds: float) -> dict[str, float]:
+    """Read every meter's 4 blocks once a second (polls spread over the second, requests of a
+    poll back to back) with a raw asyncio client, and time each request to its reply: the
+    farm's own latency, without a Modbus library's cost on the client side."""
+    latencies: list[float] = []
+    errors = 0
+    # The first seconds open every connection (and the load's): not what is being measured.
+    timed_from = time.perf_counter() + min(2.0, seconds / 5)
+
+    async def poll(index: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", base_port + index)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + index / meters
+        end = loop.time() + seconds
+        transaction = 0
+        try:
+            while next_at < end:
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
+                for start, count in PROBE_BLOCKS:
+                    transaction = (transaction + 1) & 0xFFFF
+                    sent = time.perf_counter()
+                    writer.write(_REQUEST.pack(transaction, 0, 6, 1, 4, start, count))
+                    header = await reader.readexactly(9)
+                    await reader.readexactly(header[8] if header[7] == 4 else 0)
+                    if sent >= timed_from:
+                        latencies.append(time.perf_counter() - sent)
+                    errors += header[7] != 4
+                next_at += 1.0
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(poll(i) for i in range(meters)))
+    ordered = sorted(latencies)
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
+
+    return {"requests": len(ordered), "errors": errors,
+            "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1] * 1000}  # fmt: skip
+
+
+LATENCY_METERS = 10  # timed by a client of their own, so its loop's queueing stays out
+
+
+def _load(base_port: int, meters: int, seconds: float) -> None:
+    asyncio.run(probe_latency(base_port, meters, seconds))
+
+
+def probe(meters: int, processes: int, seconds: float) -> dict[str, Any]:
+    """The farm under the agent's load (4 requests per meter per second, from another
+    process), its latency timed on a few meters by a lightly loaded client."""
+    timed = min(LATENCY_METERS, meters)
+    with MeterFarm(meters, processes) as farm:
+        farm.reset()
+        load = None
+        if meters > timed:
+            load = multiprocessing.get_context("fork").Process(
+                target=_load, args=(farm.base_port + timed, meters - timed, seconds)
+            )
+            load.start()
+        result = asyncio.run(probe_latency(farm.base_port, timed, seconds))
+        if load is not None:
+            load.join(seconds + 60)
+        served = farm.stats()["requests"]
+    return {**result, "meters": meters, "timed_meters": timed, "served_by_farm": served,
+            "served_per_s": served / seconds}  # fmt: skip
 
 
 # -- the helper other benchmarks use ------------------------------------------------------------
