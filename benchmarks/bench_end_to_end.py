@@ -589,9 +589,7 @@ def _print(result: dict[str, Any]) -> None:
         print(
             f"kWh error vs ground truth: median {err['median']:.3f} %, worst {err['worst']:.3f} %"
         )
-    print(
-        f"orders whose error exceeds their stated uncertainty: {d['uncertainty_not_covering']}"
-    )
+    print(f"orders whose error exceeds their stated uncertainty: {d['uncertainty_not_covering']}")
     print(
         f"agent CPU {d['agent_cpu_percent_of_one_core']:.1f} % of one core, "
         f"RSS {d['agent_rss_mb']:.0f} MB"
