@@ -884,6 +884,7 @@ FLOODS = [
 ]
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seconds", FLOODS)
 async def test_flood_of_junk_loses_no_valid_event(
