@@ -47,6 +47,22 @@ async def _lot_footprints(tmp: Path) -> set[str]:
         await store.close()
 
 
+async def _hub_subscribed(log: Path, started_before: int) -> None:
+    """Wait until the hub just started has connected (and subscribed in the same step): a
+    fixed sleep lost LOT-A when the hub's start-up took longer on a busy machine — records
+    published before a new session's first subscription never reach it."""
+    for _ in range(150):
+        if _connections(log) > started_before:
+            await asyncio.sleep(0.3)
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the hub did not connect in 30 s:\n{log.read_text()}")
+
+
+def _connections(log: Path) -> int:
+    return log.read_text().count(" connected to ") if log.exists() else 0
+
+
 async def _until_footprints(tmp: Path, wanted: set[str], timeout_s: float) -> set[str]:
     for _ in range(int(timeout_s / 0.5)):
         found = await _lot_footprints(tmp)
@@ -67,13 +83,13 @@ async def test_a_hub_restored_from_an_old_backup_is_rebuilt_from_the_gateway(
     log = tmp_path / "hub.log"
     async with harness:
         with hub_process(first, log):
-            await asyncio.sleep(1.5)
+            await _hub_subscribed(log, _connections(log))
             await harness.run_plan([LotPlan("LOT-A", "ENCL-400x300", 10)], step_s=1.0)
             assert await _until_footprints(tmp_path, {"LOT-A"}, 30) >= {"LOT-A"}, log.read_text()
         backup = tmp_path / "backup.db"
         shutil.copy(tmp_path / "hub.db", backup)  # the hub is stopped: the file is complete
         with hub_process(first, log):
-            await asyncio.sleep(1.5)
+            await _hub_subscribed(log, _connections(log))
             lots = [LotPlan("LOT-B", "ENCL-400x300", 10), LotPlan("LOT-C", "ENCL-400x300", 10)]
             await harness.run_plan(lots, step_s=1.0)
             found = await _until_footprints(tmp_path, {"LOT-A", "LOT-B", "LOT-C"}, 30)
@@ -84,7 +100,7 @@ async def test_a_hub_restored_from_an_old_backup_is_rebuilt_from_the_gateway(
         shutil.copy(backup, tmp_path / "hub.db")
         assert await _lot_footprints(tmp_path) == {"LOT-A"}
         with hub_process(restored, log):  # a new session: the broker has nothing queued for it
-            await asyncio.sleep(1.5)
+            await _hub_subscribed(log, _connections(log))
             await harness.run_plan([LotPlan("LOT-D", "ENCL-400x300", 10)], step_s=1.0)
             found = await _until_footprints(tmp_path, {"LOT-A", "LOT-B", "LOT-C", "LOT-D"}, 60)
         gateway = harness.config.client_id

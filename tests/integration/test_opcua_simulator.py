@@ -47,14 +47,16 @@ async def read_machine(url: str, machine: str) -> list[tuple[float, int, int]]:
 
 def test_cli_serves_values_matching_its_truth_log(tmp_path: Path) -> None:
     port = free_port()
-    argv = ["--port", str(port), "--machines", "press-brake,assembly", "--duration", "2.5"]
+    # Long enough for asyncua's start-up on a busy machine (2.5 s was not, with other tests
+    # running beside this one) plus the reads.
+    argv = ["--port", str(port), "--machines", "press-brake,assembly", "--duration", "6"]
     argv += ["--truth-log", str(tmp_path)]
     exit_codes: list[int] = []
     server = threading.Thread(target=lambda: exit_codes.append(main(argv)))
     server.start()
     try:
         url = f"opc.tcp://127.0.0.1:{port}/edge-agent/sim"
-        for _ in range(50):  # wait for the server to listen
+        for _ in range(100):  # wait for the server to listen
             try:
                 readings = asyncio.run(read_machine(url, "assembly"))
                 break
