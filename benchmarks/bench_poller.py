@@ -335,7 +335,9 @@ def soak(
 ) -> dict[str, Any]:
     config_path = folder / "agent-soak.yaml"
     samples: list[tuple[float, float]] = []
-    with MeterFarm(meters) as farm:
+    # The farm outlives the soak (its default life is an hour: the hour-long soak's last
+    # statistics found it gone).
+    with MeterFarm(meters, duration_s=seconds + 600.0) as farm:
         config_path.write_text(agent_config_yaml(farm.base_port, meters, broker_port, folder))
         phase = run_phase("agent", agent_command(config_path), farm, meters, seconds, 2.0,
                           rss_every_s=every_s, rss_samples=samples)  # fmt: skip
