@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "performance.md"
 BEGIN = "<!-- run_all:begin (benchmarks/run_all.py writes this part) -->"
@@ -95,10 +96,11 @@ def machine() -> dict[str, Any]:
             versions[package] = version(package)
         except Exception:
             versions[package] = "not installed"
+    from simulators.broker import mosquitto_binary  # noqa: PLC0415
+
     mosquitto = subprocess.run(
-        ["sh", "-c", "mosquitto -h 2>&1 | head -1 || /usr/sbin/mosquitto -h 2>&1 | head -1"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
+        [mosquitto_binary(), "-h"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
         check=False,
@@ -112,7 +114,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "libraries": versions,
-        "mosquitto": mosquitto,
+        "mosquitto": mosquitto[0] if mosquitto else "mosquitto (version unknown)",
     }
 
 
@@ -204,7 +206,7 @@ def summary(results: Sequence[dict[str, Any]], about: dict[str, Any]) -> str:
             lines.append(
                 f"| {result['name']} | {row['figure']} | {number(row.get('agent'), unit)} | "
                 f"{number(row.get('baseline'), unit)} | "
-                f"{'' if ratio is None else f'{ratio:.2f}'} | {row.get('goal', '')} | "
+                f"{'' if ratio is None else f'{ratio:.2f}'} | {row.get('goal') or ''} | "
                 f"{'' if met is None else ('yes' if met else '**no**')} |"
             )
     lines += ["", "Commands:", ""]
