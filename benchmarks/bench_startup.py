@@ -165,7 +165,9 @@ def compile_bytecode() -> None:
 
 
 async def measure(meters: int, rounds: int) -> dict[str, Any]:
-    base = consecutive_free_ports(meters)
+    # Away from the meter farm's range (15000+): another benchmark may be choosing ports there
+    # at the same moment (the smoke runs of the test suite run side by side).
+    base = consecutive_free_ports(meters, start=24000)
     with LocalMosquitto() as broker, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         config = write_config(folder, meters, base, broker)
