@@ -122,7 +122,9 @@ def run_one(bench: Benchmark, quick: bool, folder: Path, about: dict[str, Any]) 
     out = folder / f"{bench.name}.json"
     out.unlink(missing_ok=True)
     args = bench.quick if quick else bench.full
-    command = [sys.executable, str(ROOT / "benchmarks" / bench.script), *args, "--json", str(out)]
+    # Relative to the repository (the scripts record their command line in their results).
+    shown_out = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    command = [sys.executable, f"benchmarks/{bench.script}", *args, "--json", str(shown_out)]
     shown = " ".join(["python", f"benchmarks/{bench.script}", *args])
     print(f"\n=== {bench.name}: {shown}", flush=True)
     began = time.monotonic()
