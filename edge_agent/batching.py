@@ -66,8 +66,7 @@ class OtherPointThinning:
             return True
         if self._on_change is None or sample.value is None or value is None:
             return False
-        moved = abs(sample.value - value)
-        return moved > self._on_change if self._on_change > 0 else moved != 0
+        return abs(sample.value - value) > self._on_change  # on_change 0: any change
 
 
 class SampleBatcher:
