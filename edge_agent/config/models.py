@@ -626,6 +626,10 @@ class MesConfig(StrictModel):
     # A message whose processing fails this often while the database works is dead-lettered.
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
     batch_max_messages: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # MQTT 5 Receive Maximum: messages the broker may send before the agent acknowledges them
+    # (after their commit). Mosquitto's own limit, max_inflight_messages (20), applies only to
+    # clients that do not say: 20 per commit cannot keep up with a burst of ~1,000 messages/s.
+    receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 1000
 
 
 class OtherPointsStorage(StrictModel):

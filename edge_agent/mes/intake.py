@@ -110,6 +110,7 @@ class MesIntake:
             persistent_session=True,
             manual_ack=True,
             subscriptions=[(self._topic, 1)],
+            receive_maximum=config.mes.receive_maximum,
         )
         self.rejected: Counter[str] = Counter()
         self.accepted = 0

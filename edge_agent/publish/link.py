@@ -92,6 +92,7 @@ class MqttLink:
         on_connected: Any = None,
         on_acks: Callable[[list[tuple[int, int]]], None] | None = None,
         on_lost: Callable[[str], None] | None = None,
+        receive_maximum: int | None = None,
     ) -> None:
         """``on_acks`` gets the PUBACKs of :meth:`publish_tracked` messages as (message id,
         reason code), in arrival order, several per call; ``on_lost(why)`` is called when the
@@ -99,6 +100,7 @@ class MqttLink:
         self._config = config
         self.client_id = client_id
         self._persistent = persistent_session
+        self._receive_maximum = receive_maximum
         self._subscriptions = list(subscriptions)
         self._on_connected = on_connected
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +150,10 @@ class MqttLink:
         mqtt = self._config.mqtt
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = mqtt.session_expiry_s if self._persistent else 0
+        if self._receive_maximum is not None:
+            # Without it Mosquitto sends an MQTT 5 client only max_inflight_messages (20)
+            # unacknowledged messages: one commit per 20 messages caps a manual-ack stream.
+            properties.ReceiveMaximum = self._receive_maximum
         self._client.connect_async(
             mqtt.host,
             mqtt.port,

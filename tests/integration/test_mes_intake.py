@@ -22,7 +22,9 @@ from simulators.broker import LocalMosquitto
 from simulators.mes import MesPublisher
 
 
-def config(broker: LocalMosquitto, tmp_path: Path) -> AgentConfig:
+def config(
+    broker: LocalMosquitto, tmp_path: Path, mes: dict[str, Any] | None = None
+) -> AgentConfig:
     return parse_config(
         {
             "site": {"id": "s1"},
@@ -41,6 +43,7 @@ def config(broker: LocalMosquitto, tmp_path: Path) -> AgentConfig:
             "emission_factors": {
                 "electricity": {"value": 0.4, "unit": "kgCO2e/kWh", "source": "s", "version": "1"}
             },
+            "mes": mes or {},
         },
         tmp_path,
     )
@@ -95,6 +98,48 @@ def disk_full(_: Sequence[OrderEvent]) -> None:
 
 async def failing_probe() -> None:
     raise OSError("disk full")
+
+
+class GatedSink(RecordingSink):
+    """Holds its first commit until released: what a slow disk does to the intake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def handle_batch(
+        self, events: Sequence[OrderEvent], rejected: Mapping[str, int] | None = None
+    ) -> BatchResult:
+        await self.release.wait()
+        return await super().handle_batch(events, rejected)
+
+
+async def test_the_broker_sends_up_to_receive_maximum_while_a_commit_runs(
+    mosquitto: LocalMosquitto, tmp_path: Path
+) -> None:
+    """The MES link asks for ``mes.receive_maximum`` unacknowledged messages (MQTT 5 Receive
+    Maximum). Without it Mosquitto sends an MQTT 5 client only its max_inflight_messages (20):
+    one commit per 20 messages, too slow for a burst, and the broker drops what overflows its
+    queue. While the first commit hangs, the broker must deliver far more than 20."""
+    cfg = config(mosquitto, tmp_path, mes={"receive_maximum": 150})
+    sink = GatedSink()
+    intake = MesIntake(cfg, sink)
+    await intake.start()
+    await asyncio.wait_for(intake.link.connected.wait(), 10)
+    mes = MesPublisher(mosquitto.host, mosquitto.port, "p/s1/mes/orders")
+    try:
+        events = [start_event(f"r{i}") for i in range(200)]
+        await asyncio.gather(*(mes.publish(event) for event in events))
+        # The first message is in the held batch; the others wait in the link's queue.
+        await wait_until(lambda: intake.link.messages.qsize() >= 149)
+        await asyncio.sleep(0.5)
+        assert intake.link.messages.qsize() == 149  # exactly Receive Maximum, no more
+        sink.release.set()
+        await wait_until(lambda: len(sink.committed) == 200)
+        assert sorted(sink.committed) == sorted(e["event_id"] for e in events)
+    finally:
+        mes.close()
+        await intake.stop()
 
 
 async def test_database_failure_blocks_loudly_and_acknowledges_nothing(
