@@ -22,7 +22,7 @@ from edge_agent.hub.store import open_hub_store
 from simulators.broker import LocalMosquitto
 from simulators.plant import SITE
 from tests.hub.test_hub_cli import _footprint
-from tests.hub.test_two_gateways_two_hubs import REPO, hub_process
+from tests.hub.test_two_gateways_two_hubs import REPO, hub_process, wait_subscribed
 from tests.unit.footprint_support import order_record
 
 
@@ -80,7 +80,8 @@ async def test_a_left_instance_gets_no_share_of_the_records(
     one, two = (_config(tmp_path, mosquitto, f"hub-{n}") for n in (1, 2))
     with hub_process(one, tmp_path / "hub-1.log"):
         with hub_process(two, tmp_path / "hub-2.log"):
-            await asyncio.sleep(2.0)  # both subscribed
+            for name in ("hub-1", "hub-2"):
+                await wait_subscribed(tmp_path / f"{name}.log", name)
         # hub-2 stopped cleanly: its session (and its place in the group) stays.
         lots = await asyncio.to_thread(_publish, mosquitto, 20)
         assert await _stored(tmp_path, lots, timeout_s=4) < len(lots), (

@@ -93,6 +93,17 @@ def hub_process(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 process.wait(5)
 
 
+async def wait_subscribed(log: Path, client_id: str, timeout_s: float = 30.0) -> None:
+    """Until the hub logged its connection (a process starting on a busy machine can take
+    seconds), then a moment for its SUBSCRIBE, sent on the CONNACK."""
+    for _ in range(int(timeout_s / 0.1)):
+        if log.exists() and f"MQTT {client_id} connected" in log.read_text(errors="replace"):
+            await asyncio.sleep(0.5)
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{client_id} did not connect in {timeout_s:g} s: see {log}")
+
+
 async def _until(check: Any, timeout_s: float, what: str) -> None:
     for _ in range(int(timeout_s / 0.2)):
         if await check():
@@ -117,7 +128,8 @@ async def test_two_gateways_two_hubs_one_footprint_per_lot_nothing_lost(
             async with a, b:
                 machines = {**a.machines, **b.machines}
                 with hub_process(configs[1], logs[1]) as second:
-                    await asyncio.sleep(2.0)  # both subscribed
+                    for n, log in enumerate(logs, 1):
+                        await wait_subscribed(log, f"hub-{n}")
                     plan = asyncio.create_task(
                         run_plan(machines, Router(a, b), lots, steps=ENCLOSURE_LINE, step_s=1.5)
                     )
