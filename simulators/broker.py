@@ -46,9 +46,13 @@ class LocalMosquitto:
         folder: Path | None = None,
         *,
         max_queued_messages: int | None = 100_000,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
-        """``max_queued_messages=None`` keeps Mosquitto's default (1,000 per client)."""
+        """``max_queued_messages=None`` keeps Mosquitto's default (1,000 per client).
+        ``tls``: (CA, server certificate, server key) files: the listener speaks MQTT over TLS
+        only (see ``simulators.tls.make_pki``)."""
         self.host = HOST
+        self.tls = tls
         self.max_queued_messages = max_queued_messages
         self.port = port or free_port()
         self._own_folder = folder is None
@@ -73,7 +77,12 @@ class LocalMosquitto:
         user = "user root\n" if os.geteuid() == 0 else ""
         config.write_text(
             user + f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            + (
+                f"cafile {self.tls[0]}\ncertfile {self.tls[1]}\nkeyfile {self.tls[2]}\n"
+                if self.tls is not None
+                else ""
+            )
+            + "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.folder}/\n"
             "autosave_interval 1\n"
