@@ -76,7 +76,8 @@ class LocalMosquitto:
         # folder: persistence would silently fail and sessions would not survive a restart.
         user = "user root\n" if os.geteuid() == 0 else ""
         config.write_text(
-            user + f"listener {self.port} {self.host}\n"
+            user
+            + f"listener {self.port} {self.host}\n"
             + (
                 f"cafile {self.tls[0]}\ncertfile {self.tls[1]}\nkeyfile {self.tls[2]}\n"
                 if self.tls is not None

@@ -475,13 +475,24 @@ async def test_rtu_bus_over_a_pseudo_terminal_pair(tmp_path: Path) -> None:
 
 
 def test_connections_first_polls_are_spread_over_the_first_interval(tmp_path: Path) -> None:
-    """1,000 meters must not all be asked at the same instant every second, and at start-up
-    the first meter is read at once instead of after every connection has been opened."""
+    """Hundreds of meters must not all be asked at the same instant every second, and at
+    start-up the first meter is read at once instead of after every connection has been
+    opened: groups of up to 100 connections, spread over the first interval."""
     config = config_of(
-        [meter(f"m{i}", 20000 + i, {"energy": POINTS["energy"]}) for i in range(4)]
-        + [meter("slow", 20010, {"energy": POINTS["energy"]}, interval_s=10.0)],
+        [meter(f"m{i}", 20000 + i, {"energy": POINTS["energy"]}) for i in range(249)]
+        + [meter("slow", 21000, {"energy": POINTS["energy"]}, interval_s=10.0)],
         tmp_path,
     )
     offsets = [s.first_poll_after_s for s in build_modbus_sources(config, SystemClock())]
-    assert offsets[:4] == pytest.approx([0.0, 0.02, 0.04, 0.06])  # i/5 of a 0.1 s interval
-    assert offsets[4] == pytest.approx(8.0)  # 4/5 of its own 10 s interval
+    # 250 connections: 3 groups, a third of a 0.1 s interval apart.
+    assert sorted(set(offsets[:249])) == pytest.approx([0.0, 0.1 / 3, 0.2 / 3])
+    assert [offsets[:249].count(o) for o in sorted(set(offsets[:249]))] == [84, 83, 82]
+    assert offsets[249] == pytest.approx(20 / 3)  # the last group, of its own 10 s interval
+
+
+def test_up_to_100_connections_start_together(tmp_path: Path) -> None:
+    """One group: the polls share the event loop's passes (the cheapest in CPU per read)."""
+    config = config_of(
+        [meter(f"m{i}", 20000 + i, {"energy": POINTS["energy"]}) for i in range(100)], tmp_path
+    )
+    assert {s.first_poll_after_s for s in build_modbus_sources(config, SystemClock())} == {0.0}
