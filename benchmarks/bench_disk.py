@@ -222,6 +222,13 @@ def run_bare(db: Path, rows: list[tuple[Any, ...]], commit_every_s: float) -> fl
     return (bytes1 - bytes0) / (t1 - t0) * DAY_S
 
 
+def remove_database(db: Path) -> None:
+    """The file and its -wal and -shm: the killed bare writer leaves a WAL behind, which SQLite
+    would apply to a new file of the same name (the 1,000-meter copy came out malformed)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,7 +256,8 @@ def main() -> None:
         for meters in args.meters:
             with MeterFarm(meters) as farm:
                 for run, (policy, settings) in enumerate(POLICIES.items()):
-                    db, bare_db = folder / f"agent-{meters}-{run}.db", folder / f"bare-{run}.db"
+                    db = folder / f"agent-{meters}-{run}.db"
+                    bare_db = folder / f"bare-{meters}-{run}.db"
                     other_every_s = settings.get("other_points", {}).get("every_s", 60)
                     prepare(db, meters, other_every_s, args.history)
                     shutil.copyfile(db, bare_db)
@@ -260,8 +268,8 @@ def main() -> None:
                     if agent["rows_per_s"] <= 0 or agent["bytes_per_day"] <= 0:
                         raise SystemExit(f"{meters} meters, {policy}: nothing written")
                     bare = run_bare(bare_db, agent["rows"], store.get("batch_max_delay_s", 1.0))
-                    db.unlink()
-                    bare_db.unlink()
+                    remove_database(db)
+                    remove_database(bare_db)
                     ratio = agent["bytes_per_day"] / bare
                     mb, bare_mb = agent["bytes_per_day"] / 1e6, bare / 1e6
                     print(f"{meters:6d}  {policy:38s}  {mb:12,.0f}  {agent['rows_per_s']:6,.0f}"

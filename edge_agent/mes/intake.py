@@ -342,7 +342,7 @@ class MesIntake:
             try:
                 async with asyncio.timeout(10.0):
                     await self.link.connected.wait()
-                    # Polled: an Event set from paho's thread would cost a hop per PUBACK.
+                    # Polled: an Event set per PUBACK would cost a wake-up each.
                     while self.link.unacknowledged >= _DEAD_LETTERS_UNACKNOWLEDGED:  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
             except TimeoutError:

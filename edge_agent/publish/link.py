@@ -129,7 +129,10 @@ class MqttLink:
         self._on_acks = on_acks
         self._on_lost = on_lost
         self.untracked_acked = 0
-        self._mutex = threading.Lock()  # guards _pending/_early_acks against paho's thread
+        # The PUBACK bookkeeping above. Uncontended since paho's callbacks run on the event loop
+        # (the connect's worker thread does not touch it); kept so the link stays safe if a
+        # callback ever arrives from another thread.
+        self._mutex = threading.Lock()
         self.connects = 0
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -201,10 +204,14 @@ class MqttLink:
         if self._connecting is not None and not self._connecting.done():
             # A connect cannot be cancelled in its thread: let it end (paho's 5 s timeout).
             await asyncio.wait([self._connecting], timeout=10.0)
-        if self._client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._client.loop_write()  # DISCONNECT now; paho closes the socket after it
-            if not await wait_event(self._socket_closed, _STOP_WAIT_S):
-                self._close_socket()
+        try:
+            if self._client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._client.loop_write()  # DISCONNECT now; paho closes the socket after it
+                if not await wait_event(self._socket_closed, _STOP_WAIT_S):
+                    self._close_socket()
+        except (OSError, ValueError) as exc:  # a socket closed under paho (stopped mid-connect)
+            log.debug("MQTT %s: disconnect: %r", self.client_id, exc)
+            self._close_socket()
         self._fail_pending("link stopped")
 
     # -- the connection, on the event loop ---------------------------------------------------
@@ -226,7 +233,7 @@ class MqttLink:
                 log.warning(
                     "MQTT %s: cannot connect to %s:%s: %s (next attempt in %.0f s)",
                     self.client_id, self._config.mqtt.host, self._config.mqtt.port,
-                    exc or type(exc).__name__, delay,
+                    str(exc) or type(exc).__name__, delay,
                 )  # fmt: skip
             else:
                 await self._socket_closed.wait()
@@ -321,10 +328,9 @@ class MqttLink:
                 f"not connected to {self._config.mqtt.host}:{self._config.mqtt.port}"
             )
         future: asyncio.Future[None] = self._loop.create_future()
-        # paho's publish() takes paho's own locks, and paho's thread calls _on_publish while
-        # holding them: calling publish() under our mutex would invert the lock order and
-        # deadlock as soon as two messages are in flight. A PUBACK that beats the registration
-        # below is parked in _early_acks instead.
+        # publish() is not called under our mutex: paho calls _on_publish holding its own
+        # locks, and the opposite order could deadlock. A PUBACK that beats the registration
+        # below is parked in _early_acks.
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConnectionLost(f"publish to {topic} failed: {paho.error_string(info.rc)}")
