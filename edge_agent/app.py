@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -344,6 +345,7 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
         try:
             await agent.start_or_cleanup()
         except (EdgeAgentError, OSError) as exc:
+            end_startup_gc_pause()
             problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
             if previous is None:
                 print(f"edge-agent could not start: {len(problems)} problem(s)", file=sys.stderr)
@@ -356,6 +358,7 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
             )
             agent, previous = Agent(previous, notifier=notifier), None
             continue
+        end_startup_gc_pause()
         notifier.ready(f"running: site {agent.config.site.id}, {len(agent.config.meters)} meters")
         try:
             await agent.wait()
@@ -370,6 +373,16 @@ async def run_agent(config: AgentConfig, config_path: Path | None = None) -> int
             return 0
         previous, agent = agent.config, Agent(reloaded.pop(), notifier=notifier)
         log.info("configuration reloaded from %s", config_path)
+
+
+def end_startup_gc_pause() -> None:
+    """`edge-agent run` starts with the cyclic garbage collector off: reading the configuration
+    and building one object graph per meter allocates hundreds of thousands of objects, which
+    the collector traversed again and again (0.2-0.3 s of a 1,000-meter start). They live as
+    long as the process, so they are frozen out of later collections, then it is turned on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _reload(config_path: Path | None) -> AgentConfig | None:

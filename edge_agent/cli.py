@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import math
@@ -56,6 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edge_agent.hub.cli import main as hub_main  # noqa: PLC0415
 
         return hub_main(args)
+    if args.command != "run":
+        return _with_config(args)
+    gc.disable()  # until the agent has started: see app.end_startup_gc_pause
+    try:
+        return _with_config(args)
+    finally:
+        gc.enable()  # on every way out, a start that failed included
+
+
+def _with_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         if args.command in ("check", "run"):
