@@ -68,6 +68,10 @@ class HubMqttConfig(SecretRef):
     session_expiry_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 7 * 86400
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
+    # MQTT 5 Receive Maximum: records the broker may send before the hub acknowledges them
+    # (after their commit). Without it Mosquitto sends 20 (max_inflight_messages), one commit
+    # per 20 records, and what overflows its queue in a burst is dropped.
+    receive_maximum: Annotated[int, Field(ge=1, le=65_535)] = 1000
 
 
 class HubStoreConfig(StrictModel):

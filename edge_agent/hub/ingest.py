@@ -103,6 +103,7 @@ class RecordIngest:
             persistent_session=True,
             manual_ack=True,
             subscriptions=subscriptions(config),
+            receive_maximum=config.mqtt.receive_maximum,
         )
         self.last_message_s = time.monotonic()  # when the last message arrived
         self.stored = 0  # new (record, revision) rows

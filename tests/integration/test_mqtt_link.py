@@ -70,7 +70,7 @@ async def test_over_tls_large_messages_all_arrive(tmp_path: Path) -> None:
             # packet per wake-up then, and several may sit decrypted in the TLS buffer.
             for i in range(500):
                 assert sender.publish_nowait("t/small", str(i).encode())
-            received = []
+            received: list[int] = []
             async with asyncio.timeout(30):
                 while len(received) < 500:
                     received.append(int((await link.messages.get()).payload))
