@@ -66,6 +66,10 @@ def _hand_shared(
 CHANGE_AT = [0]  # set by the test: when the factor changes (ns)
 
 
+# Serial: the plant, the MES and the agent share this process's event loop, and 2 s steps
+# polled every second leave the 2 % tolerance little room for a read-on-event delayed by other
+# tests on the two cores (shared kWh once came out 2.003 % off in the parallel run).
+@pytest.mark.serial
 async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
     mosquitto: LocalMosquitto, tmp_path: Path
 ) -> None:
