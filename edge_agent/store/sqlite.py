@@ -1296,21 +1296,7 @@ class Store:
         Database errors come out as :class:`StoreError` naming ``what`` was being done.
         """
         async with self._lock:
-            if self._db.in_transaction:
-                # A task cancelled while its BEGIN (or ROLLBACK) was queued left the statement
-                # to run in aiosqlite's thread after the await was given up: end that
-                # transaction, or every later one fails ("cannot change the safety level",
-                # "cannot start a transaction within a transaction").
-                with contextlib.suppress(aiosqlite.Error):
-                    await self._db.rollback()
-            try:
-                if sync != self._sync:
-                    # Outside any transaction: the level applies to the commit below.
-                    await self._db.execute(f"PRAGMA synchronous={sync}")
-                    self._sync = sync
-                await self._db.execute("BEGIN IMMEDIATE")
-            except aiosqlite.Error as exc:
-                raise StoreError(f"{what} failed: {exc}") from exc
+            await self._begin(sync, what)
             try:
                 yield
                 await self._db.commit()
@@ -1320,6 +1306,26 @@ class Store:
                 if isinstance(exc, aiosqlite.Error):
                     raise StoreError(f"{what} failed: {exc}") from exc
                 raise
+
+    async def _begin(self, sync: _Sync, what: str) -> None:
+        """A task cancelled while its BEGIN (or ROLLBACK) was queued left the statement to run
+        in aiosqlite's thread after the await was given up: that transaction is ended, or every
+        later one fails ("cannot change the safety level", "cannot start a transaction within a
+        transaction"). The leftover may still be queued when we look (then it runs just before
+        our statements): our BEGIN fails once, and is tried again after a rollback."""
+        for attempt in (1, 2):
+            if self._db.in_transaction:
+                await self._rollback()
+            try:
+                if sync != self._sync:
+                    # Outside any transaction: the level applies to the commit below.
+                    await self._db.execute(f"PRAGMA synchronous={sync}")
+                    self._sync = sync
+                await self._db.execute("BEGIN IMMEDIATE")
+                return
+            except aiosqlite.Error as exc:
+                if attempt == 2 or not self._db.in_transaction:
+                    raise StoreError(f"{what} failed: {exc}") from exc
 
     async def _rollback(self) -> None:
         with contextlib.suppress(aiosqlite.Error):  # nothing to roll back: the commit ran
