@@ -388,9 +388,21 @@ class OutboxPublisher:
                 count += 1
 
     async def _flush_acks(self) -> None:
+        """Mark every PUBACK so far sent. Cancelled (the drain stopped mid-flush), it loses
+        nothing: a background marking goes on (shielded) and PUBACKs not yet marked are kept
+        for the next flush, stop()'s; a record whose mark was lost is published again after a
+        restart."""
         if self._marking is not None:
-            marking, self._marking = self._marking, None
-            await marking
+            marking = self._marking
+            try:
+                await asyncio.shield(marking)
+            finally:
+                if marking.done():
+                    self._marking = None
         if self._acked:
             seqs, self._acked = self._acked, []
-            await self._outbox.mark_sent_many(seqs, self._clock.now_ns())
+            try:
+                await self._outbox.mark_sent_many(seqs, self._clock.now_ns())
+            except BaseException:
+                self._acked[:0] = seqs  # not marked (rolled back): the next flush tries again
+                raise
