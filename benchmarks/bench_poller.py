@@ -233,6 +233,8 @@ def run_phase(
     *,
     rss_every_s: float | None = None,
     rss_samples: list[tuple[float, float]] | None = None,
+    database: Path | None = None,
+    db_samples: list[tuple[float, float]] | None = None,
     profile: Path | None = None,
 ) -> Phase:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -245,10 +247,13 @@ def run_phase(
         if rss_every_s is not None and rss_samples is not None:
             while time.monotonic() - wall0 < window_s:
                 rss_samples.append((time.monotonic() - wall0, rss_mb(process.pid)))
-                print(
-                    f"    soak t={rss_samples[-1][0]:6.0f} s  RSS {rss_samples[-1][1]:.1f} MB",
-                    flush=True,
-                )
+                line = f"    soak t={rss_samples[-1][0]:6.0f} s  RSS {rss_samples[-1][1]:.1f} MB"
+                if database is not None and db_samples is not None:
+                    # The store's size shows when the disk budget starts pruning samples.
+                    size_mb = database.stat().st_size / 1e6 if database.exists() else 0.0
+                    db_samples.append((rss_samples[-1][0], size_mb))
+                    line += f"  database {db_samples[-1][1]:.0f} MB"
+                print(line, flush=True)
                 time.sleep(min(rss_every_s, max(0.0, window_s - (time.monotonic() - wall0))))
             rss_samples.append((time.monotonic() - wall0, rss_mb(process.pid)))
         else:
@@ -335,12 +340,14 @@ def soak(
 ) -> dict[str, Any]:
     config_path = folder / "agent-soak.yaml"
     samples: list[tuple[float, float]] = []
+    db_sizes: list[tuple[float, float]] = []
     # The farm outlives the soak (its default life is an hour: the hour-long soak's last
     # statistics found it gone).
     with MeterFarm(meters, duration_s=seconds + 600.0) as farm:
         config_path.write_text(agent_config_yaml(farm.base_port, meters, broker_port, folder))
         phase = run_phase("agent", agent_command(config_path), farm, meters, seconds, 2.0,
-                          rss_every_s=every_s, rss_samples=samples)  # fmt: skip
+                          rss_every_s=every_s, rss_samples=samples,
+                          database=folder / "agent.db", db_samples=db_sizes)  # fmt: skip
     # At 1,000 meters RSS climbed for the first 6-8 minutes and then stayed flat (two runs on
     # the shared 2-core machine): the warm-up must cover that climb to measure growth.
     warm_up_s = min(600.0, seconds / 4)
@@ -348,7 +355,8 @@ def soak(
     growth = (after[-1] - after[0]) / after[0]
     second_half = [rss for t, rss in samples if t >= seconds / 2] or [samples[-1][1]]
     return {"meters": meters, "seconds": seconds, "sample_every_s": every_s,
-            "warm_up_s": warm_up_s, "rss_samples_mb": samples, "growth": growth,
+            "warm_up_s": warm_up_s, "rss_samples_mb": samples, "database_mb": db_sizes,
+            "growth": growth,
             "growth_second_half": (second_half[-1] - second_half[0]) / second_half[0],
             "agent": phase.summary()}  # fmt: skip
 

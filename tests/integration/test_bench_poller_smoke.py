@@ -27,4 +27,7 @@ def test_short_soak_writes_the_benchmark_contract(tmp_path: Path) -> None:
     assert row["unit"] == "%"
     soak = report["details"]["soak"]
     assert len(soak["rss_samples_mb"]) >= 3
+    # the store's size with every reading but the last: a step at the disk budget shows
+    assert len(soak["database_mb"]) == len(soak["rss_samples_mb"]) - 1
+    assert soak["database_mb"][-1][1] > 0
     assert soak["agent"]["reads"] > 0  # the server counted the agent's reads
