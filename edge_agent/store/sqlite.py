@@ -176,6 +176,8 @@ _UNSENT_MESSAGES = (
 )
 # Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
 _PRUNE_CHUNK_ROWS = 20_000
+# Free pages given back to the file system per step (4 KB each): 8 MB.
+_VACUUM_STEP_PAGES = 2_000
 # The journal is merged early past this many rows, so reading it stays cheap (1,000 meters
 # polled every second write ~2,000 rows a second).
 _JOURNAL_MAX_ROWS = 200_000
@@ -391,47 +393,65 @@ class Store:
 
         Returns how many samples were deleted. If events and records alone exceed the budget,
         nothing else is deleted (they are business data) and a warning is logged.
+
+        Deletes run in transactions of at most _PRUNE_CHUNK_ROWS and the free pages are given
+        back in steps, the store's lock released in between: the sample writes go on, where one
+        long pruning held them (and the polls' samples in memory) for seconds at 1,000 meters.
         """
         deleted = 0
+        bytes_per_sample: float | None = None
         while (used := await self.size_bytes()) > max_bytes:
-            samples = await self.sample_count()
-            if samples == 0:
-                log.warning(
-                    "database uses %d bytes, over its budget of %d, with no samples left to "
-                    "prune: records and events are kept",
-                    used,
-                    max_bytes,
-                )
-                break
-            # Estimate how many of the oldest samples free the excess (plus 10 % headroom), so
-            # one or two passes suffice instead of many small ones.
-            bytes_per_sample = max(used / samples, 1.0)
-            chunk = min(samples, max(1_000, int((used - max_bytes) / bytes_per_sample * 1.1)))
+            if bytes_per_sample is None:
+                samples = await self.sample_count()  # a full count: once per call
+                if samples == 0:
+                    self._warn_over_budget_without_samples(used, max_bytes)
+                    break
+                bytes_per_sample = max(used / samples, 1.0)
+            # The oldest samples that free the excess (plus 10 % headroom).
+            wanted = max(1_000, int((used - max_bytes) / bytes_per_sample * 1.1))
             async with self._transaction("NORMAL", "pruning samples for the disk budget"):
                 cursor = await self._db.execute(
                     "DELETE FROM samples WHERE id IN "
                     "(SELECT id FROM samples ORDER BY ts_ns LIMIT ?)",
-                    (chunk,),
+                    (min(wanted, _PRUNE_CHUNK_ROWS),),
                 )
             deleted += cursor.rowcount
             if cursor.rowcount == 0:
-                await self.merge_sample_journal()  # every sample left is in the journal
-                continue
+                if await self.merge_sample_journal() == 0:
+                    self._warn_over_budget_without_samples(used, max_bytes)
+                    break
+                bytes_per_sample = None  # indexed rows take more room than journal rows
+        if deleted:
             await self._give_back_free_pages()
         return deleted
 
+    @staticmethod
+    def _warn_over_budget_without_samples(used: int, max_bytes: int) -> None:
+        log.warning(
+            "database uses %d bytes, over its budget of %d, with no samples left to prune: "
+            "records and events are kept",
+            used,
+            max_bytes,
+        )
+
     async def _give_back_free_pages(self) -> None:
         """Shrink the files: release free pages, then fold the WAL into the database."""
-        async with self._lock:
-            try:
-                # auto_vacuum=INCREMENTAL is set when the file is created. The pragma frees one
-                # page per step and returns no rows, and Python's execute() stops after the first
-                # step of such a statement; executescript() steps it to the end.
-                await self._db.executescript("PRAGMA incremental_vacuum;")
-                async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-                    await cursor.fetchall()
-            except aiosqlite.Error as exc:
-                raise StoreError(f"giving free pages back failed: {exc}") from exc
+        try:
+            while True:
+                async with self._lock:
+                    # auto_vacuum=INCREMENTAL is set when the file is created. The pragma frees
+                    # one page per step and returns no rows, and Python's execute() stops after
+                    # the first step of such a statement; executescript() steps it to the end.
+                    await self._db.executescript(
+                        f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES});"
+                    )
+                    rows = await self._db.execute_fetchall("PRAGMA freelist_count")
+                if not rows or int(next(iter(rows))[0]) == 0:
+                    break
+            async with self._lock:
+                await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        except aiosqlite.Error as exc:
+            raise StoreError(f"giving free pages back failed: {exc}") from exc
 
     async def size_bytes(self) -> int:
         """Bytes in use by the database (excluding free pages and the WAL file)."""

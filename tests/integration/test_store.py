@@ -599,3 +599,29 @@ async def test_concurrent_writers_take_turns(tmp_path: Path) -> None:
         assert await store.sample_count() == 2_000
         assert len(await store.open_order_ids()) == 20
         assert len(await store.unsent(100)) == 21
+
+
+async def test_budget_pruning_runs_in_short_transactions_and_lets_writes_through(
+    tmp_path: Path,
+) -> None:
+    """The first pruning at the budget held the store for seconds at 1,000 meters; the polls'
+    samples piled up in memory meanwhile (the hour-long soak's RSS step)."""
+    async with await open_store(tmp_path / "b.db", sample_merge_s=1) as store:
+        await store.write_samples([sample(t) for t in range(100_000)])
+        await store.merge_sample_journal()
+        statements: list[str] = []
+        await store._db.set_trace_callback(statements.append)
+        prune = asyncio.create_task(store.enforce_budget(await store.size_bytes() // 4))
+        await asyncio.sleep(0)  # the pruning holds the store now
+        await store.write_samples([sample(200_000)])
+        written_while_pruning = not prune.done()
+        deleted = await prune
+        await store._db.set_trace_callback(None)
+        deletes = [s for s in statements if s.startswith("DELETE FROM samples WHERE id IN")]
+        assert deleted > 2 * 20_000
+        assert len(deletes) >= 3  # at most 20,000 rows each
+        assert written_while_pruning
+        vacuum_steps = [s for s in statements if "incremental_vacuum" in s]
+        assert len(vacuum_steps) >= 2  # free pages given back in steps, once after the deletes
+        assert statements.index(vacuum_steps[0]) > statements.index(deletes[-1])
+    assert await pragma(tmp_path / "b.db", "freelist_count") == 0
