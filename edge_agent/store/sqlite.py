@@ -437,6 +437,7 @@ class Store:
     async def _give_back_free_pages(self) -> None:
         """Shrink the files: release free pages, then fold the WAL into the database."""
         try:
+            free_before: int | None = None
             while True:
                 async with self._lock:
                     # auto_vacuum=INCREMENTAL is set when the file is created. The pragma frees
@@ -446,8 +447,11 @@ class Store:
                         f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES});"
                     )
                     rows = await self._db.execute_fetchall("PRAGMA freelist_count")
-                if not rows or int(next(iter(rows))[0]) == 0:
+                free = int(next(iter(rows))[0]) if rows else 0
+                # No progress: a file without auto_vacuum=INCREMENTAL keeps its free pages.
+                if free in (0, free_before):
                     break
+                free_before = free
             async with self._lock:
                 await self._db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except aiosqlite.Error as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sqlite3
 import sys
 import textwrap
 from pathlib import Path
@@ -625,3 +626,23 @@ async def test_budget_pruning_runs_in_short_transactions_and_lets_writes_through
         assert len(vacuum_steps) >= 2  # free pages given back in steps, once after the deletes
         assert statements.index(vacuum_steps[0]) > statements.index(deletes[-1])
     assert await pragma(tmp_path / "b.db", "freelist_count") == 0
+
+
+async def test_budget_pruning_ends_on_a_file_without_incremental_vacuum(tmp_path: Path) -> None:
+    """A database whose auto_vacuum was turned off cannot give its free pages back: the pruning
+    still ends, and the free pages are reused by later writes."""
+    path = tmp_path / "b.db"
+    async with await open_store(path) as store:
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA auto_vacuum=NONE")
+        db.execute("VACUUM")
+    assert await pragma(path, "auto_vacuum") == 0
+    async with await open_store(path, sample_merge_s=1) as store:
+        await store.write_samples([sample(t) for t in range(30_000)])
+        await store.merge_sample_journal()
+        budget = await store.size_bytes() // 3
+        deleted = await asyncio.wait_for(store.enforce_budget(budget), timeout=30)
+        assert 0 < deleted < 30_000
+        assert await store.size_bytes() <= budget
+    assert int(str(await pragma(path, "freelist_count"))) > 0
