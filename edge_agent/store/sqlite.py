@@ -446,8 +446,8 @@ class Store:
                     await self._db.executescript(
                         f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES});"
                     )
-                    rows = await self._db.execute_fetchall("PRAGMA freelist_count")
-                free = int(next(iter(rows))[0]) if rows else 0
+                row = await self._one("PRAGMA freelist_count")
+                free = int(row[0]) if row else 0
                 # No progress: a file without auto_vacuum=INCREMENTAL keeps its free pages.
                 if free in (0, free_before):
                     break

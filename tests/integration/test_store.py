@@ -630,7 +630,7 @@ async def test_budget_pruning_runs_in_short_transactions_and_lets_writes_through
 
 async def test_budget_pruning_ends_on_a_file_without_incremental_vacuum(tmp_path: Path) -> None:
     """A database whose auto_vacuum was turned off cannot give its free pages back: the pruning
-    still ends, and the free pages are reused by later writes."""
+    still ends (it looped for ever once), the free pages left in the file."""
     path = tmp_path / "b.db"
     async with await open_store(path) as store:
         pass
