@@ -28,9 +28,14 @@ from tests.unit.footprint_support import info as footprint_info
 
 BEFORE, AFTER = 0.5, 0.3  # kg CO2e/kWh before and after the factor change
 INTERVAL_S = 1
-# Energy per order is read on event (±0.5 % in the end-to-end tests); the shared part also
-# depends on where the compressor's counter was read around each interval edge.
+# Energy per order is read on event (±0.5 % in the end-to-end tests); the lot adds up its steps.
 TOLERANCE = 0.02
+# A step's shared part is the compressor's counter interpolated at each 1 s interval edge where
+# the step's share changes. The compressor's power moves by ±5 % on a 0.5 s grid and it is read
+# once a second, so each such edge errs by up to a few % of a second's energy, and a 2 s step
+# has three edges whose errors do not cancel: 1.6 % seen on a quiet machine, 2.07 % on a slow
+# CI machine. The record's stated uncertainty must cover the error; this bounds the rest.
+SHARED_TOLERANCE = 0.05
 
 
 def _energy(machine: Any, intervals: list[tuple[int, int]]) -> float:
@@ -122,13 +127,16 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         assert record["energy_direct_kwh"] == pytest.approx(
             direct_before + direct_after, rel=TOLERANCE
         )
-        assert record["energy_shared_kwh"] == pytest.approx(
-            shared_before + shared_after, rel=TOLERANCE
-        )
+        shared_true = shared_before + shared_after
+        assert record["energy_shared_kwh"] == pytest.approx(shared_true, rel=SHARED_TOLERANCE)
+        (shared,) = [m for m in record["meters"] if m["role"] == "shared"]
+        assert abs(record["energy_shared_kwh"] - shared_true) <= shared["uncertainty"]
+        true_kwh = direct_before + direct_after + shared_true
+        assert abs(record["energy_kwh"] - true_kwh) <= record["uncertainty_kwh"]
         assert record["energy_kwh"] == pytest.approx(
             record["energy_direct_kwh"] + record["energy_shared_kwh"], rel=1e-9
         )
-        assert record["co2e_kg"] == pytest.approx(hand_co2e, rel=TOLERANCE)
+        assert record["co2e_kg"] == pytest.approx(hand_co2e, rel=SHARED_TOLERANCE)
         # The record's own numbers recompute: the factors it lists times their activities ...
         used = [f for f in record["factors"] if f["reported"]]
         assert record["co2e_kg"] == pytest.approx(
@@ -142,7 +150,6 @@ async def test_enclosure_lot_with_a_shared_compressor_and_a_factor_change(
         else:
             assert len(used) == 1
         # ... and the shared part from the intervals the allocation lists.
-        (shared,) = [m for m in record["meters"] if m["role"] == "shared"]
         allocation = shared["allocation"]
         assert allocation["key"] == "running_time"
         recomputed = math.fsum(
