@@ -165,18 +165,17 @@ def _shared_pieces(result: SharedResult, order_id: str) -> list[FactorPiece]:
     """The order's part of a shared equipment, interval by interval (intervals are aligned to
     UTC, so an hourly factor changes between them)."""
     allocated = result.allocation.orders.get(order_id, 0.0)
+    uncertainty = result.order_uncertainty(order_id)
+    parts = result.allocation.intervals_of(order_id)
     pieces: list[FactorPiece] = []
-    for part in result.allocation.intervals_of(order_id):
+    for part in parts:
         energy = part.share_of(order_id)
         measured = part.measured * energy / part.energy if part.energy > 0 else 0.0
-        bound = (
-            result.uncertainty * energy / result.allocation.total
-            if result.allocation.total > 0
-            else 0.0
-        )
+        # The order's bound is shared out with its activity, as for the direct pieces.
+        bound = uncertainty * (energy / allocated if allocated > 0 else 1.0 / len(parts))
         pieces.append((part.interval, energy, measured, bound))
     if not pieces:
-        pieces.append((result.window, allocated, 0.0, 0.0))
+        pieces.append((result.window, allocated, 0.0, uncertainty))
     return pieces
 
 

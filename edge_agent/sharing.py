@@ -28,6 +28,7 @@ from edge_agent.attribution.shared import (
     SharedAllocation,
     allocate_shared,
     allocation_intervals,
+    order_bound,
     overlap_ns,
 )
 from edge_agent.config import AgentConfig, EquipmentConfig, attributed_point_name
@@ -81,16 +82,20 @@ class SharedResult:
     meter: MeterAllocation  # the first meter over the window: readings for the audit trail
     uncertainty: float  # bound on the shared energy over the window
     flags: tuple[Flag, ...]
+    curves: tuple[Cumulative, ...]  # the main and subtracted meters: the orders' bounds
+
+    def order_uncertainty(self, order_id: str) -> float:
+        """Bound on the error of the order's part (see :func:`order_bound`)."""
+        return order_bound(self.allocation, self.curves, order_id)
 
     def as_order_allocation(self, order_id: str) -> MeterAllocation:
         """The order's part as a meter allocation (carrier totals, measured share)."""
         total = self.allocation.total
         energy = self.allocation.orders.get(order_id, 0.0)
-        fraction = energy / total if total > 0 else 0.0
         share = Share(
             energy=energy,
             measured=self.allocation.measured.get(order_id, 0.0),
-            uncertainty=self.uncertainty * fraction,
+            uncertainty=self.order_uncertainty(order_id),
         )
         unallocated = Share(energy=self.allocation.unallocated, measured=0.0)
         return MeterAllocation(
@@ -244,7 +249,13 @@ def allocate_shared_inputs(
     )
     uncertainty = math.fsum(alloc.uncertainty for alloc in whole)
     return SharedResult(
-        shared, allocation, extended, meter, uncertainty, tuple(dict.fromkeys(flags))
+        shared,
+        allocation,
+        extended,
+        meter,
+        uncertainty,
+        tuple(dict.fromkeys(flags)),
+        tuple(curve for _, curve in [*mains, *subs]),
     )
 
 

@@ -169,7 +169,7 @@ def allocate(
                 "each increment is spread by the meter's power readings",
             )
         )
-    whole, whole_resolution = _error_bound([1.0] * len(pieces), errors, pieces)
+    whole, whole_resolution = error_bound([1.0] * len(pieces), errors, pieces)
     return MeterAllocation(
         meter_id=series.meter_id,
         point=series.point,
@@ -190,7 +190,7 @@ def allocate(
     )
 
 
-def _error_bound(
+def error_bound(
     weights: Sequence[float], errors: Sequence[PointError], pieces: Sequence[float]
 ) -> tuple[float, float]:
     """(bound on |error| of Σ weight·ΔC over the segments, the registers' resolution part).
@@ -233,7 +233,7 @@ def _with_error(
 ) -> Share:
     """``share`` with its error bound, its unresolved part taken out of the measured energy,
     and a flag for each of its boundaries that fell in a reading gap."""
-    bound, unresolved = _error_bound(weights, errors, pieces)
+    bound, unresolved = error_bound(weights, errors, pieces)
     flags = list(share.flags)
     for index, t_ns in enumerate(points):
         before = weights[index - 1] if index > 0 else 0.0

@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge_agent.attribution.allocation import error_bound
 from edge_agent.attribution.model import Interval
+from edge_agent.attribution.series import Cumulative
 
 __all__ = [
     "ServedOrder",
@@ -31,6 +33,7 @@ __all__ = [
     "SharingKey",
     "allocate_shared",
     "allocation_intervals",
+    "order_bound",
     "overlap_ns",
 ]
 
@@ -79,6 +82,32 @@ class SharedAllocation:
 
     def intervals_of(self, order_id: str) -> list[SharedInterval]:
         return [i for i in self.intervals if order_id in i.weights]
+
+
+def order_bound(allocation: SharedAllocation, curves: Sequence[Cumulative], order_id: str) -> float:
+    """A bound on |the order's part − the part the true shared energy would give it|.
+
+    The order's part is Σ f·ΔR over the intervals (f its fraction of an interval, exact from
+    the MES times; R the main meters' count less the subtracted meters'). As for a direct
+    meter, the reading error at each interval edge counts with the change of f there, so an
+    order whose fraction changes inside the window carries the error of every such edge, not a
+    pro-rata part of the window's ends. ``curves``: every meter of R; their bounds add.
+    """
+    slices = allocation.intervals
+    if not slices or not any(order_id in s.weights for s in slices):
+        return 0.0
+    fractions = [
+        s.weights[order_id] / s.total_weight if order_id in s.weights else 0.0 for s in slices
+    ]
+    points = [slices[0].interval.start_ns, *(s.interval.end_ns for s in slices)]
+    return math.fsum(
+        error_bound(
+            fractions,
+            [curve.point_error(t) for t in points],
+            [curve.segment_bound(s.interval.start_ns, s.interval.end_ns) for s in slices],
+        )[0]
+        for curve in curves
+    )
 
 
 def allocation_intervals(window: Interval, interval_ns: int) -> list[Interval]:
