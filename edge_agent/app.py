@@ -26,6 +26,7 @@ from edge_agent.config.preflight import preflight
 from edge_agent.domain import NS_PER_S, Sample
 from edge_agent.engine import OrderEngine
 from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.heap import release_free_heap
 from edge_agent.mes.intake import MesIntake
 from edge_agent.observe.http import HealthServer
 from edge_agent.observe.monitor import AgentProbes, Monitor
@@ -274,7 +275,10 @@ class Agent:
                         pruned,
                         self.config.store.retention_days,
                     )
-                await self.store.enforce_budget(budget_bytes)
+                if await self.store.enforce_budget(budget_bytes):
+                    # The pruning's burst of SQLite work leaves free memory in its thread's
+                    # C heap; without this the process keeps it (the soak's RSS step).
+                    release_free_heap()
 
     async def wait(self) -> None:
         await self._stopped.wait()

@@ -1,0 +1,39 @@
+"""Giving the C heap's free memory back to the system after a burst (glibc's ``malloc_trim``).
+
+SQLite runs in aiosqlite's worker thread, so its memory comes from that thread's glibc arena.
+A burst there — the first disk-budget pruning of a full store while sample writes queue up —
+leaves free chunks the arena keeps for ever: the hour-long soak's RSS stepped up once and
+stayed, memory the process no longer used. ``malloc_trim(0)`` hands whole free pages of every
+arena back to the kernel. Where there is no glibc (musl, macOS) nothing is done.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Callable
+
+_trim: Callable[[int], int] | None = None
+_loaded = False
+
+
+def _load() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
+
+
+def release_free_heap() -> bool | None:
+    """Return free C-heap pages to the system; True if some were, None where unsupported."""
+    global _trim, _loaded
+    if not _loaded:
+        _trim, _loaded = _load(), True
+    if _trim is None:
+        return None
+    return bool(_trim(0))
