@@ -22,13 +22,13 @@ import asyncio
 import ctypes
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_agent.domain import NS_PER_S, iso_from_ns
+from edge_agent.libc import libc_function
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,9 @@ class FakeClock:
 
 
 def _load_adjtimex() -> Callable[[Any], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols: libc's
-        function = libc.adjtimex
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_void_p]
-    function.restype = ctypes.c_int
+    function: Callable[[Any], int] | None = libc_function(
+        "adjtimex", [ctypes.c_void_p], ctypes.c_int
+    )
     return function
 
 

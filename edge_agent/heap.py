@@ -10,22 +10,18 @@ arena back to the kernel. Where there is no glibc (musl, macOS) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import sys
 from collections.abc import Callable
+
+from edge_agent.libc import libc_function
 
 _trim: Callable[[int], int] | None = None
 _loaded = False
 
 
 def _load() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_size_t]
-    function.restype = ctypes.c_int
+    function: Callable[[int], int] | None = libc_function(
+        "malloc_trim", [ctypes.c_size_t], ctypes.c_int
+    )
     return function
 
 
