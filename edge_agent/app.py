@@ -275,7 +275,15 @@ class Agent:
                         pruned,
                         self.config.store.retention_days,
                     )
-                if await self.store.enforce_budget(budget_bytes):
+                started_s = self.clock.monotonic_s()
+                if deleted := await self.store.enforce_budget(budget_bytes):
+                    log.info(
+                        "deleted the %d oldest samples in %.1f s to keep the database under its "
+                        "budget of %g MiB (store.outbox_budget_mb)",
+                        deleted,
+                        self.clock.monotonic_s() - started_s,
+                        self.config.store.outbox_budget_mb,
+                    )
                     # The pruning's burst of SQLite work leaves free memory in its thread's
                     # C heap; without this the process keeps it (the soak's RSS step).
                     release_free_heap()

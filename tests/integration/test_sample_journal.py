@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from edge_agent.clock import FakeClock
 from edge_agent.domain import NS_PER_S, PointRole, Quality, Sample
 from edge_agent.store import open_store
+from edge_agent.store.sqlite import _meter_ranges
 
 
 def sample(
@@ -53,7 +54,8 @@ async def test_samples_wait_in_the_journal_until_the_merge(tmp_path: Path) -> No
         window = await store.readings("m", "energy", 5 * NS_PER_S, 12 * NS_PER_S)
         assert [s.ts_ns // NS_PER_S for s in window] == list(range(4, 14))
         clock.advance(31)  # past the merge time set by the first write
-        await store.write_samples([sample(20, 2.0)])
+        await store.write_samples([sample(20, 2.0)])  # starts the merge, does not wait for it
+        await store.wait_for_merge()
         assert (rows(db, "samples_journal"), rows(db, "samples")) == (0, 21)
         await store.write_samples([sample(21, 2.1)])
         assert await store.sample_count() == 22
@@ -88,6 +90,7 @@ async def test_a_journal_left_by_a_killed_agent_is_read_and_merged(tmp_path: Pat
         await store.write_samples([sample(5, 5.0)])
         clock.advance(61)
         await store.write_samples([sample(6, 6.0)])
+        await store.wait_for_merge()
     assert (rows(db, "samples_journal"), rows(db, "samples")) == (0, 7)
 
 
@@ -158,3 +161,83 @@ async def test_a_transaction_left_open_by_a_cancelled_task_does_not_block_the_ne
         await store.mark_sent_many([], 0)  # ...whatever level the next statement needs
         window = await store.readings("m", "energy", 100 * NS_PER_S, 100 * NS_PER_S)
         assert [s.value for s in window] == [100.0]
+
+
+def meter_sample(meter: int, t_s: int) -> Sample:
+    return Sample(
+        t_s * NS_PER_S, f"m{meter:03d}", "energy", PointRole.ENERGY, "kWh", float(t_s),
+        Quality.GOOD,
+    )  # fmt: skip
+
+
+async def test_the_merge_moves_whole_meters_in_short_transactions_beside_the_writes(
+    tmp_path: Path,
+) -> None:
+    """A minute of samples at 1,000 meters merged in one transaction held the store for
+    seconds (the soak's RSS steps): the merge runs in its own task, a few meters per
+    transaction, and every sample is seen exactly once throughout."""
+    clock = FakeClock(start_monotonic_s=0.0)
+    db = tmp_path / "agent.db"
+    async with await open_store(db, clock=clock, sample_merge_s=60) as store:
+        for t_s in range(500):
+            await store.write_samples([meter_sample(meter, t_s) for meter in range(120)])
+        statements: list[str] = []
+        await store._db.set_trace_callback(statements.append)
+        clock.advance(61)
+        await store.write_samples([meter_sample(0, 500)])  # due: the merge starts
+        merge = store._merge_task
+        assert merge is not None
+        assert not merge.done()  # the write did not wait for it
+        writes_during_merge = 0
+        while not merge.done():
+            await store.write_samples([meter_sample(1, 501 + writes_during_merge)])
+            writes_during_merge += 1
+            window = await store.readings("m005", "energy", 0, 499 * NS_PER_S)
+            assert [s.ts_ns // NS_PER_S for s in window] == list(range(500))
+        await store._db.set_trace_callback(None)
+        moves = [s for s in statements if s.startswith("INSERT INTO samples (")]
+        assert len(moves) >= 3  # 60,001 rows, at most about 20,000 a transaction
+        assert writes_during_merge >= 2
+        assert await store.sample_count() == 60_001 + writes_during_merge
+        # What was written during the merge waits in the journal for the next one (the first
+        # such write may have come before the merge took the journal's newest id).
+        assert writes_during_merge - 1 <= rows(db, "samples_journal") <= writes_during_merge
+        window = await store.readings("m001", "energy", 490 * NS_PER_S, 10_000 * NS_PER_S)
+        assert [s.ts_ns // NS_PER_S for s in window] == [
+            *range(489, 500),
+            *range(501, 501 + writes_during_merge),
+        ]
+
+
+async def test_closing_the_store_during_a_merge_keeps_every_sample(tmp_path: Path) -> None:
+    clock = FakeClock(start_monotonic_s=0.0)
+    db = tmp_path / "agent.db"
+    async with await open_store(db, clock=clock, sample_merge_s=60) as store:
+        for t_s in range(300):
+            await store.write_samples([meter_sample(meter, t_s) for meter in range(150)])
+        clock.advance(61)
+        await store.write_samples([meter_sample(0, 300)])
+        await asyncio.sleep(0.05)  # somewhere in the merge
+    assert rows(db, "samples_journal") + rows(db, "samples") == 45_001
+    async with await open_store(db, clock=clock, sample_merge_s=60) as store:
+        assert await store.sample_count() == 45_001
+        await store.merge_sample_journal()
+        window = await store.readings("m149", "energy", 0, 299 * NS_PER_S)
+        assert [s.ts_ns // NS_PER_S for s in window] == list(range(300))
+    assert rows(db, "samples_journal") == 0
+
+
+@given(counts=st.lists(st.integers(min_value=1, max_value=50), max_size=30))
+def test_meter_ranges_cover_every_meter_once_in_bounded_groups(counts: list[int]) -> None:
+    per_meter = [(f"m{index:02d}", count) for index, count in enumerate(counts)]
+    ranges = _meter_ranges(per_meter, 60)
+    covered = [
+        (meter, count)
+        for first, last in ranges
+        for meter, count in per_meter
+        if first <= meter <= last
+    ]
+    assert covered == per_meter
+    for first, last in ranges:
+        group = [count for meter, count in per_meter if first <= meter <= last]
+        assert sum(group) <= 60 or len(group) == 1
