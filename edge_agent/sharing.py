@@ -196,6 +196,7 @@ def allocate_shared_inputs(
     )
     flags: list[Flag] = []
     energies: list[tuple[Interval, float, float]] = []
+    clamped: dict[int, float] = {}
     for interval in intervals:
         a, b = interval.start_ns, interval.end_ns
         main = math.fsum(curve.at(b) - curve.at(a) for _, curve in mains)
@@ -212,6 +213,7 @@ def allocate_shared_inputs(
                     a,
                 )
             )
+            clamped[a] = -remainder
             remainder = 0.0
         measured = remainder * (min(1.0, main_measured / main) if main > 0 else 0.0)
         energies.append((interval, remainder, measured))
@@ -235,7 +237,7 @@ def allocate_shared_inputs(
                     direct.get(timeline.order_id, {}),
                 )
             )
-    allocation = allocate_shared(energies, served, shared.key)
+    allocation = allocate_shared(energies, served, shared.key, clamped)
     # Each meter over the whole window, as a direct meter would be: readings for the audit
     # trail, coverage and the bound on its energy.
     whole = [allocate(series, [], extended) for series, _ in [*mains, *subs]]
@@ -247,7 +249,8 @@ def allocate_shared_inputs(
         orders={},
         idle=Share(0.0, 0.0),
     )
-    uncertainty = math.fsum(alloc.uncertainty for alloc in whole)
+    # Raising a negative remainder to 0 added energy no reading supports.
+    uncertainty = math.fsum([*(alloc.uncertainty for alloc in whole), *clamped.values()])
     return SharedResult(
         shared,
         allocation,

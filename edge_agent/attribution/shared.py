@@ -59,6 +59,8 @@ class SharedInterval:
     energy: float
     measured: float
     weights: Mapping[str, float]  # order id -> weight (only orders with a weight > 0)
+    # What a negative remainder (sub-meters read above the main meters) was raised by to 0.
+    clamped: float = 0.0
 
     @property
     def total_weight(self) -> float:
@@ -91,7 +93,8 @@ def order_bound(allocation: SharedAllocation, curves: Sequence[Cumulative], orde
     the MES times; R the main meters' count less the subtracted meters'). As for a direct
     meter, the reading error at each interval edge counts with the change of f there, so an
     order whose fraction changes inside the window carries the error of every such edge, not a
-    pro-rata part of the window's ends. ``curves``: every meter of R; their bounds add.
+    pro-rata part of the window's ends. ``curves``: every meter of R; their bounds add. An
+    interval whose remainder was raised to 0 gave the order f times that much on top.
     """
     slices = allocation.intervals
     if not slices or not any(order_id in s.weights for s in slices):
@@ -101,12 +104,17 @@ def order_bound(allocation: SharedAllocation, curves: Sequence[Cumulative], orde
     ]
     points = [slices[0].interval.start_ns, *(s.interval.end_ns for s in slices)]
     return math.fsum(
-        error_bound(
-            fractions,
-            [curve.point_error(t) for t in points],
-            [curve.segment_bound(s.interval.start_ns, s.interval.end_ns) for s in slices],
-        )[0]
-        for curve in curves
+        [
+            *(
+                error_bound(
+                    fractions,
+                    [curve.point_error(t) for t in points],
+                    [curve.segment_bound(s.interval.start_ns, s.interval.end_ns) for s in slices],
+                )[0]
+                for curve in curves
+            ),
+            *(f * s.clamped for f, s in zip(fractions, slices, strict=True)),
+        ]
     )
 
 
@@ -148,8 +156,10 @@ def allocate_shared(
     energies: Sequence[tuple[Interval, float, float]],
     orders: Sequence[ServedOrder],
     key: SharingKey,
+    clamped: Mapping[int, float] | None = None,
 ) -> SharedAllocation:
-    """``energies``: per allocation interval, (interval, shared energy, measured part)."""
+    """``energies``: per allocation interval, (interval, shared energy, measured part);
+    ``clamped``: interval start -> how much a negative remainder was raised to give it."""
     allocated: dict[str, list[float]] = {order.order_id: [] for order in orders}
     measured: dict[str, list[float]] = {order.order_id: [] for order in orders}
     unallocated: list[float] = []
@@ -160,7 +170,8 @@ def allocate_shared(
             for order in orders
             if (weight := _weight(order, interval, key)) > 0
         }
-        slices.append(SharedInterval(interval, energy, measured_part, weights))
+        raised = clamped.get(interval.start_ns, 0.0) if clamped else 0.0
+        slices.append(SharedInterval(interval, energy, measured_part, weights, raised))
         total_weight = math.fsum(weights.values())
         if total_weight <= 0:
             unallocated.append(energy)

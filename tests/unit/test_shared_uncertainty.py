@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.attribution.model import Interval, MeterSeries
@@ -79,19 +79,21 @@ def test_shared_part_uncertainty_covers_the_true_error(
 
     energies = []
     true_energies = []
+    clamped = {}
     for interval in intervals:
         a, b = interval.start_ns, interval.end_ns
-        counted = remainder(
-            main.at(b) - main.at(a), curves[-1].at(b) - curves[-1].at(a) if with_sub_meter else 0.0
-        )
-        # A sub-meter read above the main one is taken as 0 and flagged (sub_meters_exceed_main);
-        # the clamp breaks the edges' telescoping, so the bound is only promised without it.
-        assume(not with_sub_meter or main.at(b) - main.at(a) >= curves[-1].at(b) - curves[-1].at(a))
+        main_energy = main.at(b) - main.at(a)
+        sub_energy = curves[-1].at(b) - curves[-1].at(a) if with_sub_meter else 0.0
+        counted = remainder(main_energy, sub_energy)
+        if with_sub_meter and main_energy < sub_energy:
+            # Sub-meters read above the main one: taken as 0 (flagged sub_meters_exceed_main).
+            clamped[a] = sub_energy - main_energy
+            event("a sub-meter read above the main one")
         energies.append((interval, counted, counted))
         true_energies.append(
             remainder(load.energy(b) - load.energy(a), sub_load.energy(b) - sub_load.energy(a))
         )
-    allocation = allocate_shared(energies, orders, key)
+    allocation = allocate_shared(energies, orders, key, clamped)
     for order in orders:
         truth = math.fsum(
             true_energy * part.weights[order.order_id] / part.total_weight
@@ -121,3 +123,29 @@ def test_an_order_whose_share_changes_inside_the_window_carries_every_edges_erro
     assert error <= order_bound(allocation, [curve], "a") + 1e-15
     # The window's ends were read: its total is exact, so no pro-rata part of it covers this.
     assert allocation.total == load.energy(4 * S)
+
+
+def test_a_remainder_raised_to_zero_widens_the_bound_by_what_it_gave() -> None:
+    """A sub-meter read every second, its main meter only at the window's ends: the sub-meter
+    shows a burst in one second that the main meter's interpolation spreads over four, so that
+    second's remainder is negative and taken as 0 (flagged sub_meters_exceed_main). The order
+    gets what the clamp added; the ends were read exactly, so only that term covers it."""
+    load = Load((0, 1 * S, 2 * S, 4 * S), (0.0, 3.6, 0.0))  # 0.001 kWh in the second second
+    main = counter(load, [0, 4 * S], 0.0, 0.0, 4.0)
+    sub = counter(load, [0, 1 * S, 2 * S, 3 * S, 4 * S], 0.0, 0.0, 1.0)  # carries all of it
+    energies = []
+    clamped = {}
+    for interval in allocation_intervals(Interval(0, 4 * S), 1 * S):
+        a, b = interval.start_ns, interval.end_ns
+        remainder = (main.at(b) - main.at(a)) - (sub.at(b) - sub.at(a))
+        if remainder < 0:
+            clamped[a] = -remainder
+        energies.append((interval, max(0.0, remainder), 0.0))
+    assert list(clamped) == [1 * S]
+    orders = [ServedOrder("a", (Interval(0, 4 * S),))]
+    allocation = allocate_shared(energies, orders, "equal", clamped)
+    error = abs(allocation.orders["a"] - 0.0)  # the true remainder is 0 throughout
+    assert math.isclose(error, 0.00075)
+    assert error <= order_bound(allocation, [main, sub], "a") + 1e-15
+    without_clamp_term = allocate_shared(energies, orders, "equal")
+    assert order_bound(without_clamp_term, [main, sub], "a") < error
