@@ -111,7 +111,9 @@ def journal_rows(db: Path) -> int:
 
 
 def after_next_merge(db: Path, agent: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Return just after the agent's next merge of its journal (its row count drops)."""
+    """Return once the agent's next merge of its journal has moved its first meters (the row
+    count drops; a merge moves a few meters per transaction): between two such moments lies
+    one merge's work."""
     deadline = time.monotonic() + timeout_s
     previous = journal_rows(db)
     while time.monotonic() < deadline:
