@@ -4,8 +4,8 @@ An SD card's wear is a Raspberry Pi user's first question. The agent runs as ``e
 (its own process, SQLite store, local Mosquitto) against the fast meter farm, with no orders:
 what it writes is its samples, heartbeat and housekeeping, on a database already holding
 ``--history`` seconds of samples (the steady state of a gateway: every meter point's newest
-index entries on a page of their own). Measured over whole journal cycles (from just after one
-merge of the samples journal to just after the next): the bytes the agent's process sent to the
+index entries on a page of their own). Measured over whole journal cycles (from the end of one
+merge of the samples journal to the end of the next): the bytes the agent's process sent to the
 storage layer (``write_bytes`` of ``/proc/<pid>/io``: WAL appends and checkpoints into the
 database file) and the rows it stored, scaled to a day. Two sample policies: every point at
 every poll (``store.other_points.every_s: 0``) and the default (the SDM630's five ``other``
@@ -105,26 +105,31 @@ def prepare(db: Path, meters: int, other_every_s: float, history_s: int) -> None
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def journal_rows(db: Path) -> int:
+def newest_indexed_id(db: Path) -> int:
+    """The indexed table's newest row id: it grows only when the agent merges its journal."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as connection:
-        return int(connection.execute("SELECT count(*) FROM samples_journal").fetchone()[0])
+        return int(connection.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0])
 
 
-def after_next_merge(db: Path, agent: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Return once the agent's next merge of its journal has moved its first meters (the row
-    count drops; a merge moves a few meters per transaction): between two such moments lies
-    one merge's work."""
+def after_next_merge(
+    db: Path, agent: subprocess.Popen[bytes], timeout_s: float, quiet_s: float
+) -> None:
+    """Return once the agent's next merge of its journal has ended: the indexed table grew and
+    then stayed as it was for ``quiet_s`` (a merge moves a few meters per transaction, with
+    pauses of at most a second between them). Between two such moments lies one merge."""
     deadline = time.monotonic() + timeout_s
-    previous = journal_rows(db)
+    previous = newest_indexed_id(db)
+    changed_at: float | None = None
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited with status {agent.returncode}")
         time.sleep(0.1)
-        rows = journal_rows(db)
-        if rows < previous:
+        newest = newest_indexed_id(db)
+        if newest != previous:
+            previous, changed_at = newest, time.monotonic()
+        elif changed_at is not None and time.monotonic() - changed_at >= quiet_s:
             return
-        previous = rows
-    raise RuntimeError(f"no merge of the samples journal within {timeout_s:g} s")
+    raise RuntimeError(f"no merge of the samples journal ended within {timeout_s:g} s")
 
 
 def run_agent(
@@ -151,10 +156,12 @@ def run_agent(
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        after_next_merge(db, agent, merge_s * 2 + 30)
+        # Longer than the merge's pauses, shorter than the time between merges.
+        quiet_s = min(3.0, merge_s / 2)
+        after_next_merge(db, agent, merge_s * 2 + 30, quiet_s)
         bytes0, ns0, t0 = write_bytes(agent.pid), time.time_ns(), time.monotonic()
         for _ in range(cycles):
-            after_next_merge(db, agent, merge_s * 2 + 30)
+            after_next_merge(db, agent, merge_s * 2 + 30, quiet_s)
         bytes1, ns1, t1 = write_bytes(agent.pid), time.time_ns(), time.monotonic()
     finally:
         agent.terminate()
