@@ -159,7 +159,7 @@ def allocate_shared(
     clamped: Mapping[int, float] | None = None,
 ) -> SharedAllocation:
     """``energies``: per allocation interval, (interval, shared energy, measured part);
-    ``clamped``: interval start -> how much a negative remainder was raised to give it."""
+    ``clamped``: interval start -> how much its negative remainder was raised by (to 0)."""
     allocated: dict[str, list[float]] = {order.order_id: [] for order in orders}
     measured: dict[str, list[float]] = {order.order_id: [] for order in orders}
     unallocated: list[float] = []
