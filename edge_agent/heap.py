@@ -10,15 +10,14 @@ arena back to the kernel. Where there is no glibc (musl, macOS) nothing is done.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
 from edge_agent.libc import libc_function
 
-_trim: Callable[[int], int] | None = None
-_loaded = False
 
-
-def _load() -> Callable[[int], int] | None:
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     function: Callable[[int], int] | None = libc_function(
         "malloc_trim", [ctypes.c_size_t], ctypes.c_int
     )
@@ -27,9 +26,7 @@ def _load() -> Callable[[int], int] | None:
 
 def release_free_heap() -> bool | None:
     """Return free C-heap pages to the system; True if some were, None where unsupported."""
-    global _trim, _loaded
-    if not _loaded:
-        _trim, _loaded = _load(), True
-    if _trim is None:
+    trim = _malloc_trim()
+    if trim is None:
         return None
-    return bool(_trim(0))
+    return bool(trim(0))

@@ -175,8 +175,9 @@ _UNSENT_MESSAGES = (
     "THEN json_array(payload -> '$.kind', payload -> '$.schema_version') END "
     "FROM outbox WHERE sent_ns IS NULL AND seq > ? ORDER BY seq LIMIT ?"
 )
-# Raw samples are deleted in chunks so one budget pass never holds the write lock for long.
-_PRUNE_CHUNK_ROWS = 20_000
+# Raw samples are merged and deleted in chunks of about this many rows, so no housekeeping
+# step holds the write lock for long.
+_CHUNK_ROWS = 20_000
 # Free pages given back to the file system per step (4 KB each): 8 MB.
 _VACUUM_STEP_PAGES = 2_000
 # The journal is merged early past this many rows, so reading it stays cheap (1,000 meters
@@ -324,7 +325,6 @@ class Store:
         wait for the whole merge, which takes seconds at 1,000 meters."""
         if self._merge_task is not None and not self._merge_task.done():
             return
-        self._merge_at_s = self._clock.monotonic_s() + self.sample_merge_s
         self._merge_task = asyncio.create_task(self._merge_in_background(), name="sample merge")
 
     async def _merge_in_background(self) -> None:
@@ -345,7 +345,7 @@ class Store:
         how many moved.
 
         The rows move in transactions of whole meters, each of at most about
-        _PRUNE_CHUNK_ROWS, the store's lock released in between: one transaction of a minute's
+        _CHUNK_ROWS, the store's lock released in between: one transaction of a minute's
         samples at 1,000 meters held every other store user for seconds, and the polls' samples
         piled up in memory meanwhile (the hour-long soak's RSS steps). A meter's rows move in
         one transaction, so a query sees each sample exactly once. Each meter's points still
@@ -363,7 +363,7 @@ class Store:
             (last_id,),
         )
         moved = 0
-        for first, last in _meter_ranges(per_meter, _PRUNE_CHUNK_ROWS):
+        for first, last in _meter_ranges(per_meter, _CHUNK_ROWS):
             async with (
                 self._paced(),
                 self._transaction("NORMAL", "moving samples from the journal"),
@@ -470,10 +470,10 @@ class Store:
                 cursor = await self._db.execute(
                     "DELETE FROM samples WHERE id IN (SELECT id FROM samples WHERE ts_ns < ? "
                     "LIMIT ?)",
-                    (older_than_ns, _PRUNE_CHUNK_ROWS),
+                    (older_than_ns, _CHUNK_ROWS),
                 )
             deleted += cursor.rowcount
-            if cursor.rowcount < _PRUNE_CHUNK_ROWS:
+            if cursor.rowcount < _CHUNK_ROWS:
                 return deleted
 
     async def enforce_budget(self, max_bytes: int) -> int:
@@ -482,7 +482,7 @@ class Store:
         Returns how many samples were deleted. If events and records alone exceed the budget,
         nothing else is deleted (they are business data) and a warning is logged.
 
-        Deletes run in transactions of at most _PRUNE_CHUNK_ROWS and the free pages are given
+        Deletes run in transactions of at most _CHUNK_ROWS and the free pages are given
         back in steps, the store's lock released in between: the sample writes go on, where one
         long pruning held them (and the polls' samples in memory) for seconds at 1,000 meters.
         """
@@ -504,7 +504,7 @@ class Store:
                 cursor = await self._db.execute(
                     "DELETE FROM samples WHERE id IN "
                     "(SELECT id FROM samples ORDER BY ts_ns LIMIT ?)",
-                    (min(wanted, _PRUNE_CHUNK_ROWS),),
+                    (min(wanted, _CHUNK_ROWS),),
                 )
             deleted += cursor.rowcount
             if cursor.rowcount == 0:
