@@ -10,6 +10,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -241,3 +242,33 @@ def test_meter_ranges_cover_every_meter_once_in_bounded_groups(counts: list[int]
     for first, last in ranges:
         group = [count for meter, count in per_meter if first <= meter <= last]
         assert sum(group) <= 60 or len(group) == 1
+
+
+async def test_a_failed_merge_is_logged_and_keeps_the_samples_for_the_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(start_monotonic_s=0.0)
+    db = tmp_path / "agent.db"
+    async with await open_store(db, clock=clock, sample_merge_s=60) as store:
+        with sqlite3.connect(db) as connection:  # as a failing disk would: every insert fails
+            connection.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON samples "
+                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            )
+        await store.write_samples([sample(t, float(t)) for t in range(10)])
+        clock.advance(61)
+        await store.write_samples([sample(10, 10.0)])
+        await store.wait_for_merge()
+        failures = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(failures) == 1
+        assert "moving samples from the journal failed" in failures[0].getMessage()
+        assert "disk on fire" in failures[0].getMessage()
+        assert (rows(db, "samples_journal"), rows(db, "samples")) == (11, 0)
+        window = await store.readings("m", "energy", 0, 10 * NS_PER_S)
+        assert [s.ts_ns // NS_PER_S for s in window] == list(range(11))
+        with sqlite3.connect(db) as connection:
+            connection.execute("DROP TRIGGER refuse")
+        clock.advance(61)
+        await store.write_samples([sample(11, 11.0)])  # the next merge retries
+        await store.wait_for_merge()
+    assert (rows(db, "samples_journal"), rows(db, "samples")) == (0, 12)
